@@ -1,0 +1,3 @@
+from naf_cli.cli.app import run
+
+run()

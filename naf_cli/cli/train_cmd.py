@@ -1,0 +1,40 @@
+"""`naf train`: the release recipe on any image folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from naf_cli.cli.errors import handles_errors
+from naf_cli.cli.options import Device, Vfm, VfmWeights, resolve_device
+from naf_cli.training import TrainConfig, train as run_training
+
+
+@handles_errors
+def train(
+    images: Annotated[Path, typer.Argument(help="Folder of training photos.")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder for train_state.pt, loss.csv and naf.safetensors; rerun to resume.")],
+    vfm: Vfm = "effnet-lite0",
+    vfm_weights: VfmWeights = None,
+    steps: Annotated[int, typer.Option(help="Total optimiser steps.")] = 600,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
+    crop: Annotated[int, typer.Option(help="Square crop side; inputs come from the crop halved.")] = 512,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 25,
+    seed: Annotated[int, typer.Option(help="Seed of the crops and the initialisation.")] = 0,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="File name to hold out (repeatable).")] = None,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast (for GPUs).")] = False,
+    device: Device = "auto",
+) -> None:
+    """Train NAF (x2 objective, MSE, AdamW); resumes from OUT_DIR/train_state.pt."""
+    config = TrainConfig(
+        images=str(images), out_dir=str(out_dir), backbone=vfm,
+        backbone_weights=str(vfm_weights) if vfm_weights else None, steps=steps, batch_size=batch_size,
+        lr=lr, crop=crop, checkpoint_every=checkpoint_every, seed=seed, device=resolve_device(device),
+        bf16=bf16, exclude=tuple(exclude or ()),
+    )
+    run_training(config, log=lambda line: print(line, file=sys.stderr))
+    print(Path(out_dir) / "naf.safetensors")

