@@ -108,6 +108,16 @@ def test_empty_folder_and_unknown_names_fail_clearly(tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
+def test_unusable_device_is_a_clear_error(tmp_path, examples_dir):
+    import torch
+
+    for device, words in (("tpu9", "unknown device"), ("cuda", "CUDA is not available")):
+        if device == "cuda" and torch.cuda.is_available():
+            continue
+        result = runner.invoke(app, ["upsample", str(examples_dir), "-o", str(tmp_path / "o.h5"), "--device", device])
+        assert result.exit_code == 2 and words in result.stderr, result.output
+
+
 def test_version_help_and_env():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("naf-cli ")
@@ -117,3 +127,26 @@ def test_version_help_and_env():
     result = runner.invoke(app, ["env", "--device", "cpu"])
     assert result.exit_code == 0
     assert "natten:" in result.stdout and "attention backend:" in result.stdout and "torch:" in result.stdout
+
+
+def test_values_beyond_float16_range_are_kept_in_float32(tmp_path):
+    from naf_cli.pipeline.h5out import FeatureFile
+
+    big = torch.tensor([[[1.0, 7e4], [-1e5, 3.0]]])
+    with FeatureFile(tmp_path / "o.h5", {"producer": "test"}) as out:
+        out.write("big.png", big, {})
+        out.write("small.png", big / 1000, {})
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert f["features/big.png"].dtype == np.float32
+        assert np.array_equal(f["features/big.png"][()], big.numpy())
+        assert f["features/small.png"].dtype == np.float16
+
+
+def test_console_script_is_installed():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "naf"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("naf-cli ")

@@ -3,7 +3,8 @@
 Layout (plain h5py reads it)::
 
     /                       attrs: producer, backbone, upsampler, checkpoint hash, scale...
-    /features/<image path>  [C, H, W] float16, attrs: source_image, sizes
+    /features/<image path>  [C, H, W] float16 (float32 for an image whose values exceed
+                            float16's range), attrs: source_image, sizes
 
 The file is written as ``<output>.partial`` and renamed when complete, so an interrupted
 run never leaves a truncated file under the final name.
@@ -58,7 +59,11 @@ class FeatureFile:
     def write(self, name: str, features: torch.Tensor, attrs: dict) -> None:
         """Store features [C, H, W] as float16 under ``features/<name>``."""
         assert self.handle is not None
-        array = features.detach().to("cpu", torch.float16).numpy()
+        features = features.detach().to("cpu")
+        array = features.to(torch.float16).numpy()
+        if not np.isfinite(array).all() and torch.isfinite(features).all():
+            # values beyond float16's range (+-65504) would become inf: keep this image in float32
+            array = features.float().numpy()
         try:
             dataset = self.handle[FEATURES_GROUP].create_dataset(
                 name, data=array, chunks=chunk_shape(*array.shape, itemsize=array.itemsize)

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from naf_cli.errors import UnknownNameError
+from naf_cli.pipeline.sizes import backbone_input_size, chunk_shape, output_size
+from naf_cli.upsamplers import UPSAMPLERS, load_upsampler
+
+
+def test_every_upsampler_has_the_same_signature():
+    image = torch.rand(2, 3, 40, 56)
+    features = torch.randn(2, 8, 5, 7)
+    for name in UPSAMPLERS:
+        up, info = load_upsampler(name)
+        assert info.name == name
+        out = up(image, features, (37, 50))
+        assert out.shape == (2, 8, 37, 50), name
+
+
+def test_interpolation_upsamplers_keep_values_at_integer_ratio():
+    features = torch.randn(1, 4, 3, 3)
+    up, _ = load_upsampler("nearest")
+    out = up(torch.rand(1, 3, 12, 12), features, (12, 12))
+    assert torch.equal(out[..., ::4, ::4], features)
+
+
+def test_unknown_upsampler_lists_known_ones():
+    with pytest.raises(UnknownNameError, match="naf, nearest, bilinear, bicubic"):
+        load_upsampler("lanczos")
+
+
+@pytest.mark.parametrize("image,patch,expected", [
+    ((300, 451), 16, (304, 448)),   # 300 * 448 / 451 = 298 -> 19 patches
+    ((1000, 1000), 14, (448, 448)),
+    ((1536, 864), 14, (448, 252)),  # 864 * 448 / 1536 = 252 = 18 * 14
+    ((10, 2000), 16, (16, 448)),    # never below one patch
+])
+def test_backbone_input_size(image, patch, expected):
+    assert backbone_input_size(image, patch) == expected
+
+
+def test_output_size_and_chunks():
+    assert output_size((19, 28), 16) == (304, 448)
+    assert output_size((19, 28), 2.5) == (48, 70)
+    c, th, tw = chunk_shape(768, 448, 448)
+    assert c == 768 and c * th * tw * 2 <= 1 << 20
+    assert chunk_shape(4, 10, 10) == (4, 10, 10)
