@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from naf_cli.modeling.attention import cross_scale_neighborhood_attention
 
 natten = pytest.importorskip("natten")
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
+    pytest.mark.filterwarnings("ignore:return_lse is deprecated"),
+]
 
 
 def natten_route(q, k, v, num_heads, kernel_size, ratio):
