@@ -150,3 +150,20 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "naf"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("naf-cli ")
+
+
+def test_backbone_width_not_divisible_by_heads_fails_before_any_output(tmp_path, examples_dir):
+    import timm
+
+    from naf_cli.backbones import Backbone, BackboneInfo
+    from naf_cli.checkpoints import load_naf
+    from naf_cli.errors import ShapeError
+    from naf_cli.pipeline import upsample_folder
+    from naf_cli.upsamplers import UpsamplerInfo
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, embed_dim=198, num_heads=3, depth=1, dynamic_img_size=True)
+    info = BackboneInfo("odd-vit", "vit_tiny_patch16_224", 16, (0.5,) * 3, (0.5,) * 3, 198, "test")
+    out = tmp_path / "o.h5"
+    with pytest.raises(ShapeError, match="198 channels"):
+        upsample_folder(examples_dir, out, Backbone(info, vit, "vit"), load_naf(), UpsamplerInfo("naf"), 16)
+    assert not out.exists() and not out.with_name("o.h5.partial").exists()

@@ -100,12 +100,12 @@ def _hub_error(spec: BackboneSpec, err: Exception) -> WeightsError:
 
 
 def _vit(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
-    options = {"dynamic_img_size": True}
+    # dynamic_img_size: any input size, position embeddings resampled to the grid
     if weights is not None:
         if not weights.is_file():
             raise WeightsError(f"weights file {weights} does not exist; fix: check the --vfm-weights path")
         try:
-            model = timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **options)
+            model = timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, dynamic_img_size=True)
         except (RuntimeError, OSError, ValueError, KeyError) as err:
             first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise WeightsError(
@@ -123,7 +123,7 @@ def _vit(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
             f"fix: connect to the internet{_gated_note(spec)}, or download the weights elsewhere and pass --vfm-weights FILE"
         )
     try:
-        model = timm.create_model(spec.timm_name, pretrained=True, **options)
+        model = timm.create_model(spec.timm_name, pretrained=True, dynamic_img_size=True)
     except Exception as err:  # hub and network errors come in many types; all mean "no weights"
         raise _hub_error(spec, err) from err
     return model, f"hub:{spec.hub_id}"

@@ -39,7 +39,8 @@ def _chunk_bytes(
 
 
 def plan_chunks(
-    h: int, group_h: int, max_chunk_bytes: int, **sizes: int
+    h: int, group_h: int, max_chunk_bytes: int, *, batch: int, w: int, group_w: int, window: int,
+    qk_dim: int, value_dim: int, num_heads: int, element_size: int,
 ) -> list[tuple[int, int, int, int]]:
     """Split the work into ``(i0, i1, a0, a1)``: cell rows ``[i0, i1)``, group rows ``[a0, a1)``.
 
@@ -47,12 +48,13 @@ def plan_chunks(
     alone exceeds it (a large ratio) is split by output rows inside its cells, down to one
     output row per chunk.
     """
-    full_row = _chunk_bytes(1, group_h, **sizes)
+    sizes = (batch, w, group_w, window, qk_dim, value_dim, num_heads, element_size)
+    full_row = _chunk_bytes(1, group_h, *sizes)
     if full_row <= max_chunk_bytes:
         step = max(1, min(h, max_chunk_bytes // full_row))
         return [(i0, min(h, i0 + step), 0, group_h) for i0 in range(0, h, step)]
-    fixed = _chunk_bytes(1, 0, **sizes)
-    per_slot_row = _chunk_bytes(1, 1, **sizes) - fixed
+    fixed = _chunk_bytes(1, 0, *sizes)
+    per_slot_row = _chunk_bytes(1, 1, *sizes) - fixed
     slots = max(1, min(group_h, (max_chunk_bytes - fixed) // max(per_slot_row, 1)))
     return [(i, i + 1, a0, min(group_h, a0 + slots)) for i in range(h) for a0 in range(0, group_h, slots)]
 
