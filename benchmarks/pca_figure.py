@@ -13,25 +13,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from naf_cli import load_backbone, load_image, load_naf, upsample_image
+from naf_cli.pipeline.upsample import resize
 from naf_cli.upsamplers import Interpolation
 
 
-def pca_basis(features: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def pca_projector(features: torch.Tensor, k: int = 3):
+    """A function mapping [C, H, W] features to uint8 RGB [H, W, 3] on the first ``k``
+    principal components of ``features``, scaled by their 1-99 percentiles."""
     flat = features.flatten(1).T.float()
     mean = flat.mean(0)
     _, _, v = torch.pca_lowrank(flat - mean, q=k, center=False)
-    return mean, v[:, :k]
+    basis = v[:, :k]
+    fitted = (flat - mean) @ basis
+    lo, hi = fitted.quantile(0.01, dim=0), fitted.quantile(0.99, dim=0)
 
+    def project(other: torch.Tensor) -> np.ndarray:
+        _, h, w = other.shape
+        proj = ((other.flatten(1).T.float() - mean) @ basis - lo) / (hi - lo)
+        return (proj.clamp(0, 1).reshape(h, w, 3).numpy() * 255).astype(np.uint8)
 
-def to_rgb(features: torch.Tensor, mean, basis, lo, hi) -> np.ndarray:
-    c, h, w = features.shape
-    proj = (features.flatten(1).T.float() - mean) @ basis
-    proj = ((proj - lo) / (hi - lo)).clamp(0, 1)
-    return (proj.reshape(h, w, 3).numpy() * 255).astype(np.uint8)
+    return project
 
 
 @torch.inference_mode()
@@ -44,17 +48,13 @@ def main() -> None:
 
     image = load_image(args.image)
     backbone = load_backbone("effnet-lite0")
-    sharp, sizes = upsample_image(image, backbone, load_naf(args.checkpoint), scale=16)
+    sharp, _ = upsample_image(image, backbone, load_naf(args.checkpoint), scale=16)
     smooth, _ = upsample_image(image, backbone, Interpolation("bilinear"), scale=16)
-    low = F.interpolate(smooth[None], size=sizes["feature_size"], mode="area")[0]
-    low = F.interpolate(low[None], size=sharp.shape[-2:], mode="nearest")[0]
-    mean, basis = pca_basis(sharp)
-    proj = (sharp.flatten(1).T.float() - mean) @ basis
-    lo, hi = proj.quantile(0.01, dim=0), proj.quantile(0.99, dim=0)
-    h, w = sharp.shape[-2:]
-    photo = F.interpolate(image[None], size=(h, w), mode="bilinear", antialias=True)[0]
+    blocky, _ = upsample_image(image, backbone, Interpolation("nearest"), scale=16)
+    project = pca_projector(sharp)
+    photo = resize(image, tuple(sharp.shape[-2:]))[0]
     panels = [(photo.permute(1, 2, 0).numpy() * 255).astype(np.uint8)]
-    panels += [to_rgb(f, mean, basis, lo, hi) for f in (low, smooth, sharp)]
+    panels += [project(f) for f in (blocky, smooth, sharp)]
     Image.fromarray(np.concatenate(panels, axis=1)).save(args.output)
     print(args.output)
 

@@ -48,11 +48,15 @@ class NAF(nn.Module):
             raise ShapeError(f"features must be [B, C, h, w], got {list(features.shape)}")
         if image.shape[0] != features.shape[0]:
             raise ShapeError(f"image batch ({image.shape[0]}) differs from features batch ({features.shape[0]})")
-        channels = features.shape[1]
+        self.check_channels(features.shape[1])
+
+    def check_channels(self, channels: int) -> None:
+        """Raise ShapeError unless ``channels`` splits evenly into the attention heads."""
         if channels % self.num_heads:
             raise ShapeError(
                 f"NAF splits features into {self.num_heads} heads, but they have {channels} channels, "
-                f"which is not divisible by {self.num_heads}; pad or project the features to a multiple of {self.num_heads}"
+                f"which is not divisible by {self.num_heads}; fix: pad or project the features to a multiple "
+                f"of {self.num_heads}, or use another upsampler (--upsampler bilinear)"
             )
 
     def queries_and_keys(self, image: torch.Tensor, low_size: tuple[int, int], output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,8 +12,9 @@ from torch import nn
 
 import naf_cli
 from naf_cli.backbones import Backbone
-from naf_cli.errors import ImageReadError, NafError, ShapeError
+from naf_cli.errors import ImageReadError, NafError
 from naf_cli.images import list_images, load_image
+from naf_cli.modeling import NAF
 from naf_cli.pipeline.h5out import FeatureFile, as_attr
 from naf_cli.pipeline.sizes import backbone_input_size, output_size
 from naf_cli.upsamplers import UpsamplerInfo
@@ -86,12 +87,8 @@ def upsample_folder(
         raise NafError(f"--scale must be positive, got {scale}")
     root = images if images.is_dir() else images.parent
     info = backbone.info
-    heads = getattr(upsampler, "num_heads", 1)
-    if info.channels % heads:
-        raise ShapeError(
-            f"{info.name} gives {info.channels} channels, which NAF cannot split into {heads} heads "
-            f"(not divisible by {heads}); fix: use a backbone whose width is a multiple of {heads}, or --upsampler bilinear"
-        )
+    if isinstance(upsampler, NAF):
+        upsampler.check_channels(info.channels)  # fail before any output exists
     attrs = {
         "producer": f"naf-cli {naf_cli.__version__}",
         "backbone": info.name, "backbone_timm": info.timm_name, "backbone_weights": info.weights,
