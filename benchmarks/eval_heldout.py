@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from naf_cli.backbones import load_backbone
 from naf_cli.checkpoints import load_naf
 from naf_cli.images import load_image
-from naf_cli.modeling import NAF
-from naf_cli.upsamplers import Interpolation
+from naf_cli.modeling import NAF, Interpolation
 
 
 def centre_crop(image: torch.Tensor, side: int = 512) -> torch.Tensor:

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from naf_cli import load_backbone, load_image, load_naf, upsample_image
-from naf_cli.pipeline.upsample import resize
-from naf_cli.upsamplers import Interpolation
+from naf_cli.modeling import Interpolation
+from naf_cli.pipeline import resize
 
 
 def pca_projector(features: torch.Tensor, k: int = 3):

@@ -12,9 +12,9 @@ import sys
 import torch.nn.functional as F
 
 from naf_cli import load_backbone, load_image, load_naf, upsample_image
+from naf_cli.modeling import Interpolation
+from naf_cli.pipeline import resize
 from naf_cli.pipeline.sizes import backbone_input_size
-from naf_cli.pipeline.upsample import resize
-from naf_cli.upsamplers import Interpolation
 
 path = sys.argv[1] if len(sys.argv) > 1 else "examples/chelsea.jpg"
 image = load_image(path)                         # [3, H, W] in [0, 1]

@@ -1,10 +1,21 @@
-"""Errors the library raises for bad input; the CLI turns each into one line on stderr."""
+"""Errors the library raises for bad input; the CLI turns each into one line on stderr.
+
+Each class carries the exit code the CLI uses for it (see ``naf_cli.cli.errors``): 2 for
+problems found before any work (bad options, names, weights, paths), 1 for a run that
+failed once work had started.
+"""
 
 from __future__ import annotations
 
 
 class NafError(Exception):
     """An error a user can fix. ``str(err)`` says what went wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class OptionError(NafError, ValueError):
+    """An option value that cannot work (not finite, not positive, too large for memory...)."""
 
 
 class ShapeError(NafError, ValueError):
@@ -23,8 +34,18 @@ class WeightsError(NafError):
 
 
 class ImageReadError(NafError):
-    """An image file that cannot be read or decoded."""
+    """An input file that cannot be read or decoded as an image; the pipeline skips it."""
+
+
+class InputSkipped(NafError):
+    """An input that decodes but cannot be processed (e.g. its output would not fit in memory)."""
 
 
 class OutputError(NafError):
-    """An output file that cannot be written, or that exists and would be overwritten."""
+    """An output file that cannot be created, or that exists and would be overwritten."""
+
+
+class RunError(NafError):
+    """A run that failed after work started (disk full, ``--strict`` stop)."""
+
+    exit_code = 1

@@ -1,30 +1,15 @@
-"""Upsampler registry: every upsampler is called as ``up(image, features, output_size)``."""
+"""Upsampler registry: every entry builds an ``Upsampler`` (see ``modeling/upsampler.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from naf_cli.checkpoints import file_sha256, load_naf, packaged_checkpoint
+from naf_cli.checkpoints import load_naf, packaged_checkpoint
 from naf_cli.errors import UnknownNameError
-
-
-class Interpolation(nn.Module):
-    """Training-free upsampling by ``F.interpolate``; the image is ignored."""
-
-    def __init__(self, mode: str) -> None:
-        super().__init__()
-        self.mode = mode
-
-    def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        """features [B, C, h, w] -> [B, C, H, W]."""
-        align = None if self.mode == "nearest" else False
-        return F.interpolate(features, size=tuple(output_size), mode=self.mode, align_corners=align)
+from naf_cli.modeling import Interpolation, Upsampler
+from naf_cli.weight_files import file_sha256
 
 
 @dataclass(frozen=True)
@@ -36,19 +21,22 @@ class UpsamplerInfo:
     checkpoint_sha256: str = ""
 
 
-def _naf(checkpoint: Path | None, device: str) -> tuple[nn.Module, UpsamplerInfo]:
+Factory = Callable[[Path | None, str], tuple[Upsampler, UpsamplerInfo]]
+
+
+def _naf(checkpoint: Path | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
     path = Path(checkpoint) if checkpoint is not None else packaged_checkpoint()
     model = load_naf(path, device=device)
     return model, UpsamplerInfo("naf", str(path), file_sha256(path))
 
 
-def _interpolation(mode: str) -> Callable[[Path | None, str], tuple[nn.Module, UpsamplerInfo]]:
-    def factory(checkpoint: Path | None, device: str) -> tuple[nn.Module, UpsamplerInfo]:
+def _interpolation(mode: str) -> Factory:
+    def factory(checkpoint: Path | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
         return Interpolation(mode), UpsamplerInfo(mode)
     return factory
 
 
-UPSAMPLERS: dict[str, Callable[[Path | None, str], tuple[nn.Module, UpsamplerInfo]]] = {
+UPSAMPLERS: dict[str, Factory] = {
     "naf": _naf,
     "nearest": _interpolation("nearest"),
     "bilinear": _interpolation("bilinear"),
@@ -56,10 +44,14 @@ UPSAMPLERS: dict[str, Callable[[Path | None, str], tuple[nn.Module, UpsamplerInf
 }
 
 
-def load_upsampler(name: str, checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[nn.Module, UpsamplerInfo]:
-    """An upsampler module and what describes it. ``checkpoint`` only applies to ``naf``."""
+def get_factory(name: str) -> Factory:
+    """The registry entry of ``name``; unknown names fail with the list of known ones."""
     try:
-        factory = UPSAMPLERS[name]
+        return UPSAMPLERS[name]
     except KeyError:
         raise UnknownNameError(f"unknown upsampler '{name}'; known upsamplers: {', '.join(UPSAMPLERS)}") from None
-    return factory(Path(checkpoint) if checkpoint is not None else None, device)
+
+
+def load_upsampler(name: str, checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[Upsampler, UpsamplerInfo]:
+    """An upsampler and what describes it. ``checkpoint`` only applies to ``naf``."""
+    return get_factory(name)(Path(checkpoint) if checkpoint is not None else None, device)

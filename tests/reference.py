@@ -47,7 +47,7 @@ def brute_force_attention(query, key, value, num_heads: int, kernel_size: int):
 def rope_reference(x, base: float = 100.0, num_heads: int = 4):
     """Axial RoPE from the spec, position by position, on [B, D, H, W] (inference: no jitter)."""
     x = x.double()
-    batch, dim, height, width = x.shape
+    _, dim, height, width = x.shape
     head_dim = dim // num_heads
     n_periods = head_dim // 4
     periods = [base ** (2 * i / (head_dim // 2)) for i in range(n_periods)]

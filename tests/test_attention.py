@@ -1,9 +1,9 @@
 import pytest
 import torch
+from reference import brute_force_attention
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from naf_cli.modeling.attention import cross_scale_neighborhood_attention
-from reference import brute_force_attention
 
 CASES = [
     # (B, C, h, w, H, W)
@@ -51,7 +51,7 @@ def test_gradients_match_brute_force():
     for t in (q, k, v):
         t.grad = None
     (brute_force_attention(q, k, v, 4, 3) * weights).sum().backward()
-    for mine, ref in zip(ours, (q.grad, k.grad, v.grad)):
+    for mine, ref in zip(ours, (q.grad, k.grad, v.grad), strict=True):
         torch.testing.assert_close(mine, ref, atol=1e-9, rtol=1e-7)
 
 

@@ -94,10 +94,10 @@ def test_weights_of_another_model_are_refused(dinov2_reg_file):
         load_backbone("dinov2-s", path.with_name("nope.pth"))
 
 
-def test_offline_hub_gives_one_clear_line(tmp_path):
+def test_offline_hub_gives_one_clear_line(tmp_path, examples_dir):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run(
-        [sys.executable, "-m", "naf_cli", "upsample", str(tmp_path), "--vfm", "dinov3-b",
+        [sys.executable, "-m", "naf_cli", "upsample", str(examples_dir / "coffee.jpg"), "--vfm", "dinov3-b",
          "--upsampler", "bilinear", "-o", str(tmp_path / "o.h5")],
         capture_output=True, text=True, env=env, timeout=300,
     )
@@ -106,3 +106,4 @@ def test_offline_hub_gives_one_clear_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert "dinov3-b" in lines[0] and "--vfm-weights" in lines[0] and "licence" in lines[0]
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.h5.partial").exists()

@@ -31,7 +31,7 @@ def naf_file(tmp_path_factory, examples_dir):
     out = tmp_path_factory.mktemp("run") / "f.h5"
     result = runner.invoke(app, ["upsample", str(examples_dir), "--vfm", "effnet-lite0", "--scale", "16", "-o", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "wrote 4 images" in result.stdout
+    assert "wrote 4 image(s)" in result.stdout
     return out
 
 
@@ -90,12 +90,12 @@ def test_bad_image_is_named_skipped_and_recorded(tmp_path, examples_dir):
     (folder / "truncated.jpg").write_bytes(truncated[: len(truncated) // 3])
     out = tmp_path / "o.h5"
     result = runner.invoke(app, ["upsample", str(folder), "--upsampler", "bilinear", "--scale", "2", "-o", str(out)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "broken.jpg" in result.stderr and "truncated.jpg" in result.stderr
     assert "Traceback" not in result.output
     with h5py.File(out, "r") as f:
         assert list(f["features"].keys()) == ["good.jpg"]
-        assert "broken.jpg" in f.attrs["failed_images"]
+        assert "broken.jpg" in f.attrs["skipped_images"]
 
 
 def test_empty_folder_and_unknown_names_fail_clearly(tmp_path):
@@ -130,12 +130,14 @@ def test_version_help_and_env():
 
 
 def test_values_beyond_float16_range_are_kept_in_float32(tmp_path):
-    from naf_cli.pipeline.h5out import FeatureFile
+    from naf_cli.pipeline.h5out import HDF5FeatureSink
 
     big = torch.tensor([[[1.0, 7e4], [-1e5, 3.0]]])
-    with FeatureFile(tmp_path / "o.h5", {"producer": "test"}) as out:
-        out.write("big.png", big, {})
-        out.write("small.png", big / 1000, {})
+    out = HDF5FeatureSink(tmp_path / "o.h5")
+    out.begin({})
+    out.write("big.png", big, {})
+    out.write("small.png", big / 1000, {})
+    out.finish(2, [])
     with h5py.File(tmp_path / "o.h5", "r") as f:
         assert f["features/big.png"].dtype == np.float32
         assert np.array_equal(f["features/big.png"][()], big.numpy())

@@ -3,7 +3,8 @@ import torch
 from PIL import Image
 
 from naf_cli.errors import ImageReadError
-from naf_cli.images import list_images, load_image
+from naf_cli.images import load_image
+from naf_cli.pipeline.sources import list_images
 
 
 def test_list_images_recurses_sorts_and_skips_hidden(tmp_path):
@@ -38,7 +39,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_corrupt_file_names_the_file(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(ImageReadError, match="bad.png"):
+    with pytest.raises(ImageReadError, match=r"bad\.png"):
         load_image(tmp_path / "bad.png")
 
 

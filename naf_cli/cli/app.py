@@ -1,20 +1,66 @@
-"""The `naf` command: wires the subcommands, nothing else."""
+"""The `naf` command: wires the subcommands and maps every error once, for all of them.
+
+Nothing heavy is imported here or by the command modules at import time: torch, timm and
+h5py load inside command bodies, so ``naf --help`` is instant.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 import naf_cli
-from naf_cli.cli.errors import set_debug
-from naf_cli.cli.info_cmds import env, models
+from naf_cli.cli.env_cmds import env, models
+from naf_cli.cli.errors import debug_enabled, describe, set_debug
+from naf_cli.cli.extract_cmd import extract
+from naf_cli.cli.info_cmd import info
 from naf_cli.cli.train_cmd import train
 from naf_cli.cli.upsample_cmd import upsample
 
+
+def _cli_exceptions() -> tuple[type[BaseException], ...]:
+    """Exceptions that carry their own exit code and message: Typer's (which vendors click
+    from 0.2x on), and click's for older Typer releases."""
+    passed: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    if hasattr(typer, "TyperException"):
+        passed.append(typer.TyperException)
+    try:
+        import click
+
+        passed += [click.exceptions.Exit, click.exceptions.Abort, click.ClickException]
+    except ImportError:
+        pass
+    return tuple(passed)
+
+
+PASSED_THROUGH = _cli_exceptions()
+
+
+class NafGroup(TyperGroup):
+    """Runs a subcommand; any exception it raises becomes one line on stderr and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PASSED_THROUGH:
+            raise
+        except (Exception, KeyboardInterrupt) as err:
+            if debug_enabled():
+                raise
+            code, line = describe(err)
+            print(line, file=sys.stderr, flush=True)
+            raise typer.Exit(code) from None
+
+
 app = typer.Typer(
     name="naf",
+    cls=NafGroup,
     help="Sharp, full-resolution features from any vision backbone with NAF (Neighborhood Attention Filtering).",
+    epilog="Exit codes: 0 done; 3 done, some inputs skipped; 2 bad usage or input, found before any work; "
+    "1 the run failed; 130 interrupted.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -30,13 +76,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Sharp, full-resolution features from any vision backbone with NAF."""
     set_debug(debug)
 
 
+app.command()(extract)
 app.command()(upsample)
+app.command()(info)
 app.command()(train)
 app.command()(env)
 app.command()(models)

@@ -1,21 +1,19 @@
-"""The one place where exceptions become one line on stderr and an exit code."""
+"""The one place where exceptions become one line on stderr and an exit code.
+
+Exit codes, the same for every command (README "Exit codes"):
+0 all done; 3 finished, some inputs skipped; 2 bad usage, options, names, paths or weights
+(found before any work); 1 a run that failed; 130 interrupted.
+"""
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
-from typing import Callable, TypeVar
 
-import typer
-
-from naf_cli.errors import NafError
-
-F = TypeVar("F", bound=Callable)
-
-EXIT_USER_ERROR = 2
-EXIT_UNEXPECTED = 1
-
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SKIPPED = 3
+EXIT_INTERRUPTED = 130
 
 _debug_flag = False
 
@@ -30,31 +28,15 @@ def debug_enabled() -> bool:
     return _debug_flag or os.environ.get("NAF_DEBUG", "") not in ("", "0")
 
 
-def handles_errors(command: F) -> F:
-    """Run a command; a NafError prints ``error: ...`` and exits 2, anything else exits 1.
+def describe(err: BaseException) -> tuple[int, str]:
+    """(exit code, the one line for stderr) of an exception that ended a command."""
+    from naf_cli.errors import NafError
 
-    With ``--debug`` (or NAF_DEBUG=1) unexpected errors keep their traceback.
-    """
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except NafError as err:
-            if debug_enabled():
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            print("error: interrupted; no output file was published", file=sys.stderr)
-            raise typer.Exit(130) from None
-        except Exception as err:  # the last line of defence: one line unless debugging
-            if debug_enabled():
-                raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            print(f"error: unexpected {type(err).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
-            raise typer.Exit(EXIT_UNEXPECTED) from None
-
-    return wrapper  # type: ignore[return-value]
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "error: interrupted"
+    if isinstance(err, NafError):
+        return err.exit_code, f"error: {err}"
+    if isinstance(err, MemoryError):
+        return EXIT_FAILED, "error: out of memory; fix: a smaller --output-size, --scale or --long-side"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return EXIT_FAILED, f"error: unexpected {type(err).__name__}: {text} (rerun with --debug for the traceback)"

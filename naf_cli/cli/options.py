@@ -1,4 +1,4 @@
-"""Options shared by several commands, as Annotated aliases."""
+"""Options shared by several commands, as Annotated aliases (no heavy imports here)."""
 
 from __future__ import annotations
 
@@ -7,31 +7,52 @@ from typing import Annotated, Optional
 
 import typer
 
+Inputs = Annotated[
+    Optional[list[Path]],
+    typer.Argument(help="Image folders (searched recursively) and image files.", show_default=False),
+]
+Output = Annotated[Path, typer.Option("-o", "--output", help="HDF5 file to write.")]
 Vfm = Annotated[str, typer.Option("--vfm", help="Backbone short name (see `naf models`).")]
 VfmWeights = Annotated[
     Optional[Path],
     typer.Option("--vfm-weights", help="Local backbone weights file (offline use); default: the hub, or the packaged effnet-lite0."),
 ]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
 Checkpoint = Annotated[
     Optional[Path], typer.Option("--checkpoint", help="NAF weights (.safetensors or .pth); default: the shipped checkpoint.")
 ]
+LongSide = Annotated[int, typer.Option("--long-side", help="Long side of the backbone input in pixels (sides rounded to the patch size).")]
+Glob = Annotated[
+    Optional[list[str]],
+    typer.Option("--glob", help="Only files matching this pattern (repeatable); a pattern with / matches the path inside the folder."),
+]
+FilesFrom = Annotated[
+    Optional[Path], typer.Option("--files-from", help="Text file of image paths, one a line (relative to the file's folder); - for stdin."),
+]
+Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first input that cannot be read, instead of skipping it.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> cuda when available, else cpu; a device that cannot run here is a NafError."""
+    """``auto`` -> CUDA, then MPS, then CPU; a device that cannot run here is a NafError."""
     import torch
 
-    from naf_cli.errors import NafError
+    from naf_cli.errors import OptionError
 
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps is not None and mps.is_available())
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise NafError(f"unknown device '{name}'; fix: use cpu, cuda, cuda:N or auto") from None
+        raise OptionError(f"unknown device '{name}'; fix: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise NafError(f"--device {name} asked for, but CUDA is not available on this machine; fix: use --device cpu or auto")
+        raise OptionError(f"--device {name} asked for, but CUDA is not available on this machine; fix: use --device cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise NafError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here; fix: pick an index below that")
+        raise OptionError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here; fix: pick an index below that")
+    if device.type == "mps" and not mps_ok:
+        raise OptionError(f"--device {name} asked for, but MPS (Apple GPU) is not available on this machine; fix: use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise OptionError(f"--device {name}: naf runs on cpu, cuda or mps; fix: use --device auto")
     return name

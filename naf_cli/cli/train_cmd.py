@@ -8,12 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from naf_cli.cli.errors import handles_errors
-from naf_cli.cli.options import Device, Vfm, VfmWeights, resolve_device
-from naf_cli.training import TrainConfig, train as run_training
+from naf_cli.cli.options import Device, Vfm, VfmWeights
 
 
-@handles_errors
 def train(
     images: Annotated[Path, typer.Argument(help="Folder of training photos.")],
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder for train_state.pt, loss.csv and naf.safetensors; rerun to resume.")],
@@ -30,6 +27,10 @@ def train(
     device: Device = "auto",
 ) -> None:
     """Train NAF (x2 objective, MSE, AdamW); resumes from OUT_DIR/train_state.pt."""
+    from naf_cli.cli.options import resolve_device
+    from naf_cli.training import TrainConfig
+    from naf_cli.training import train as run_training
+
     config = TrainConfig(
         images=str(images), out_dir=str(out_dir), backbone=vfm,
         backbone_weights=str(vfm_weights) if vfm_weights else None, steps=steps, batch_size=batch_size,

@@ -55,12 +55,18 @@ class ImageEncoder(nn.Module):
         self.encoder = conv_branch(3, half, 1, num_blocks)
         self.sem_encoder = conv_branch(3, half, context_kernel, num_blocks)
         self.rope = RoPE2d(dim, num_heads)
+        # reflect padding needs each side longer than the padding
+        self.min_side = context_kernel // 2 + 1
 
     def forward(self, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        """image: [B, 3, H_img, W_img], normalised -> queries [B, dim, H, W]."""
-        target = guidance_size(tuple(image.shape[-2:]), output_size)
+        """image: [B, 3, H_img, W_img], normalised, any size down to 1 x 1 -> queries [B, dim, H, W]."""
+        target = guidance_size((int(image.shape[-2]), int(image.shape[-1])), output_size)
         if target is not None:
             image = F.interpolate(image, size=target, mode="bilinear", align_corners=False)
+        if min(image.shape[-2:]) < self.min_side:
+            # a 1-pixel side (a 1x1 or 1x500 photo): repeat its pixels up to the minimum
+            grown = tuple(max(side, self.min_side) for side in image.shape[-2:])
+            image = F.interpolate(image, size=grown, mode="nearest")
         features = torch.cat((self.encoder(image), self.sem_encoder(image)), dim=1)
         features = F.adaptive_avg_pool2d(features, output_size)
         return self.rope(features)

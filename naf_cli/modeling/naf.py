@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from naf_cli.errors import ShapeError
 from naf_cli.modeling.attention import DEFAULT_CHUNK_BYTES, cross_scale_neighborhood_attention
 from naf_cli.modeling.guidance import ImageEncoder
+from naf_cli.modeling.upsampler import Upsampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class NAF(nn.Module):
+class NAF(Upsampler):
     """Upsample low-resolution features guided by the image.
 
     The image encoder makes queries at the output resolution; their average-pooled copies
@@ -22,6 +22,9 @@ class NAF(nn.Module):
     of the ``kernel_size x kernel_size`` features around its low-resolution cell. The
     attention has no parameters, so one set of weights serves any backbone.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,
@@ -40,16 +43,6 @@ class NAF(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def check_inputs(self, image: torch.Tensor, features: torch.Tensor) -> None:
-        """Raise ShapeError for inputs the model cannot use, before any work is done."""
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ShapeError(f"image must be [B, 3, H, W], got {list(image.shape)}")
-        if features.ndim != 4:
-            raise ShapeError(f"features must be [B, C, h, w], got {list(features.shape)}")
-        if image.shape[0] != features.shape[0]:
-            raise ShapeError(f"image batch ({image.shape[0]}) differs from features batch ({features.shape[0]})")
-        self.check_channels(features.shape[1])
-
     def check_channels(self, channels: int) -> None:
         """Raise ShapeError unless ``channels`` splits evenly into the attention heads."""
         if channels % self.num_heads:
@@ -58,6 +51,14 @@ class NAF(nn.Module):
                 f"which is not divisible by {self.num_heads}; fix: pad or project the features to a multiple "
                 f"of {self.num_heads}, or use another upsampler (--upsampler bilinear)"
             )
+
+    def peak_bytes(self, channels: int, output_size: tuple[int, int], batch: int = 1) -> int:
+        """Estimated peak of one float32 forward: output, the query map and its copies
+        (encoder output, pooled map, RoPE's rotations; the guidance image is at most the
+        output size in the pipeline), plus the attention's chunk budget."""
+        pixels = batch * output_size[0] * output_size[1]
+        dim = self.image_encoder.rope.dim
+        return pixels * (channels + 6 * dim) * 4 + self.max_chunk_bytes
 
     def queries_and_keys(self, image: torch.Tensor, low_size: tuple[int, int], output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries [B, dim, H, W] and keys [B, dim, h, w] from an image in [0, 1]."""
@@ -79,7 +80,7 @@ class NAF(nn.Module):
         """
         self.check_inputs(image, features)
         output_size = (int(output_size[0]), int(output_size[1]))
-        queries, keys = self.queries_and_keys(image, tuple(features.shape[-2:]), output_size)
+        queries, keys = self.queries_and_keys(image, (int(features.shape[-2]), int(features.shape[-1])), output_size)
         return cross_scale_neighborhood_attention(
             queries, keys, features, self.num_heads, self.kernel_size, self.max_chunk_bytes
         )

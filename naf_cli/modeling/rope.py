@@ -30,6 +30,8 @@ class RoPE2d(nn.Module):
     ``[1 / max_rescale, max_rescale]`` per call.
     """
 
+    periods: torch.Tensor
+
     def __init__(self, dim: int = 256, num_heads: int = 4, base: float = 100.0, max_rescale: float = 2.0) -> None:
         super().__init__()
         if dim % num_heads or (dim // num_heads) % 4:

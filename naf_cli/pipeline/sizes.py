@@ -1,6 +1,17 @@
-"""Pure size rules of the upsampling pipeline."""
+"""Pure size rules of the pipeline (documented in docs/format.md)."""
 
 from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from naf_cli.errors import OptionError
+
+DEFAULT_SCALE = 16.0
+# past this stretch of the aspect ratio (the backbone input rounds each side to whole
+# patches) a warning says the features come from a distorted image
+ASPECT_WARNING = 1.5
 
 
 def backbone_input_size(image_hw: tuple[int, int], patch_size: int, long_side: int = 448) -> tuple[int, int]:
@@ -11,12 +22,79 @@ def backbone_input_size(image_hw: tuple[int, int], patch_size: int, long_side: i
     """
     h, w = image_hw
     scale = long_side / max(h, w)
-    return tuple(max(patch_size, round(side * scale / patch_size) * patch_size) for side in (h, w))  # type: ignore[return-value]
+    return (max(patch_size, round(h * scale / patch_size) * patch_size),
+            max(patch_size, round(w * scale / patch_size) * patch_size))
+
+
+def aspect_stretch(image_hw: tuple[int, int], resized_hw: tuple[int, int]) -> float:
+    """How much resizing stretches one axis relative to the other (1.0: not at all)."""
+    ratio = (resized_hw[0] / image_hw[0]) / (resized_hw[1] / image_hw[1])
+    return max(ratio, 1 / ratio)
 
 
 def output_size(feature_hw: tuple[int, int], scale: float) -> tuple[int, int]:
     """Upsampled size: the feature grid times ``scale``, rounded, at least 1."""
-    return tuple(max(1, round(side * scale)) for side in feature_hw)  # type: ignore[return-value]
+    return max(1, round(feature_hw[0] * scale)), max(1, round(feature_hw[1] * scale))
+
+
+def check_positive(option: str, value: float) -> None:
+    """OptionError unless ``value`` is a finite number above zero."""
+    if not math.isfinite(value) or value <= 0:
+        raise OptionError(f"{option} must be a finite number above 0, got {value}; fix: pass e.g. {option} 16")
+
+
+@dataclass(frozen=True)
+class OutputSize:
+    """How large upsampled features are.
+
+    ``grid``: the feature grid times ``scale``; ``image``: the source image's own size;
+    ``fixed``: ``(H, W)`` for every image. In every mode the output covers the whole image.
+    """
+
+    mode: str = "grid"
+    scale: float = DEFAULT_SCALE
+    fixed: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def parse(cls, text: str, scale: float | None = None) -> OutputSize:
+        """From ``--output-size grid|image|HxW`` and ``--scale`` (only meaningful with ``grid``)."""
+        text = text.strip().lower()
+        if scale is not None:
+            check_positive("--scale", scale)
+            if text != "grid":
+                raise OptionError(f"--scale applies to --output-size grid, not {text}; fix: drop --scale or use --output-size grid")
+        if text == "grid":
+            return cls("grid", DEFAULT_SCALE if scale is None else float(scale))
+        if text == "image":
+            return cls("image")
+        match = re.fullmatch(r"(\d+)\s*x\s*(\d+)", text)
+        if not match or int(match[1]) < 1 or int(match[2]) < 1:
+            raise OptionError(f"--output-size must be grid, image or HxW with positive integers (e.g. 448x448), got '{text}'")
+        return cls("fixed", fixed=(int(match[1]), int(match[2])))
+
+    def resolve(self, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the output for an image of ``image_hw`` with a feature grid ``grid_hw``."""
+        if self.mode == "grid":
+            return output_size(grid_hw, self.scale)
+        if self.mode == "image":
+            return int(image_hw[0]), int(image_hw[1])
+        return self.fixed
+
+    def largest(self, patch_size: int, long_side: int) -> tuple[int, int] | None:
+        """The largest output any image can get, or None when it depends on the image (``image``)."""
+        if self.mode == "grid":
+            cells = max(1, round(long_side / patch_size))
+            return output_size((cells, cells), self.scale)
+        if self.mode == "fixed":
+            return self.fixed
+        return None
+
+    def describe(self) -> str:
+        if self.mode == "grid":
+            return f"grid x{self.scale:g}"
+        if self.mode == "image":
+            return "image"
+        return f"{self.fixed[0]}x{self.fixed[1]}"
 
 
 def chunk_shape(channels: int, height: int, width: int, itemsize: int = 2, max_bytes: int = 1 << 20) -> tuple[int, int, int]:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from naf_cli.errors import NafError
-from naf_cli.images import list_images, load_image
+from naf_cli.images import load_image
+from naf_cli.pipeline.sources import list_images
 
 
 class RandomCrops:

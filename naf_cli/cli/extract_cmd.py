@@ -1,0 +1,25 @@
+"""`naf extract`: the backbone's low-resolution features of every image, into one HDF5 file."""
+
+from __future__ import annotations
+
+import typer
+
+from naf_cli.cli.feature_job import JobOptions, run_job
+from naf_cli.cli.options import Device, FilesFrom, Glob, Inputs, LongSide, Output, Overwrite, Strict, Vfm, VfmWeights
+
+
+def extract(
+    output: Output,
+    inputs: Inputs = None,
+    vfm: Vfm = "effnet-lite0",
+    vfm_weights: VfmWeights = None,
+    long_side: LongSide = 448,
+    glob: Glob = None,
+    files_from: FilesFrom = None,
+    strict: Strict = False,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+) -> None:
+    """Store each image's low-resolution backbone features (with its path, size and hash)."""
+    options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite)
+    raise typer.Exit(run_job(options, None))

@@ -1,0 +1,118 @@
+"""What `naf extract` and `naf upsample` share: check everything, build the pipeline, run it,
+report. Every check that can fail runs before the first image is read."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from naf_cli.cli.errors import EXIT_OK, EXIT_SKIPPED
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Options common to both commands, as typed by the user."""
+
+    inputs: list[Path]
+    output: Path
+    vfm: str
+    vfm_weights: Path | None
+    long_side: int
+    globs: list[str]
+    files_from: Path | None
+    strict: bool
+    device: str
+    overwrite: bool
+
+
+@dataclass(frozen=True)
+class UpsampleOptions:
+    upsampler: str
+    checkpoint: Path | None
+    output_size: str
+    scale: float | None
+
+
+def command_line() -> str:
+    return shlex.join(["naf", *sys.argv[1:]])
+
+
+def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
+    """Run extract (``upsample`` None) or upsample; returns the exit code (0, or 3 with skipped inputs)."""
+    from naf_cli.backbones import get_spec, load_backbone
+    from naf_cli.cli.options import resolve_device
+    from naf_cli.cli.progress import make_progress
+    from naf_cli.errors import OptionError
+    from naf_cli.pipeline import ExtractAndUpsample, ExtractFeatures, HDF5FeatureSink, ImageSource, OutputSize, UpsampleFeatures
+    from naf_cli.pipeline.memory import available_bytes, gib
+    from naf_cli.pipeline.run import run_pipeline
+    from naf_cli.pipeline.sizes import check_positive
+    from naf_cli.upsamplers import get_factory, load_upsampler
+
+    # 1. options and paths: nothing loaded, nothing written
+    check_positive("--long-side", options.long_side)
+    rule = OutputSize.parse(upsample.output_size, upsample.scale) if upsample else None
+    spec = get_spec(options.vfm)
+    if upsample is not None:
+        get_factory(upsample.upsampler)
+    sink = HDF5FeatureSink(options.output, options.overwrite)
+    device = resolve_device(options.device)
+    source = ImageSource(options.inputs, options.globs, options.files_from)
+    if not len(source):
+        where = ", ".join(map(str, options.inputs)) or str(options.files_from)
+        raise OptionError(f"no images found in {where}; fix: pass a folder with .jpg/.png/... files, or check --glob")
+    # 2. models, and what they imply for the output
+    extract = None
+    transform: ExtractFeatures | ExtractAndUpsample
+    if upsample is not None and rule is not None:
+        upsampler, info = load_upsampler(upsample.upsampler, upsample.checkpoint, device)
+        backbone = load_backbone(spec.name, options.vfm_weights, device)
+        upsampler.check_channels(backbone.info.channels)
+        largest = rule.largest(backbone.info.patch_size, options.long_side)
+        if largest is not None:
+            import torch
+
+            need, have = upsampler.peak_bytes(backbone.info.channels, largest), available_bytes(torch.device(device))
+            if need > have:
+                raise OptionError(
+                    f"outputs up to {largest[0]}x{largest[1]} with {backbone.info.channels} channels ({rule.describe()}) "
+                    f"need about {gib(need)} per image, more than the {gib(have)} available; "
+                    f"fix: a smaller --scale, --output-size or --long-side"
+                )
+        extract = ExtractFeatures(backbone, options.long_side)
+        transform = ExtractAndUpsample(extract, UpsampleFeatures(upsampler, info, rule))
+        description = f"{spec.name} + {info.name} ({rule.describe()})"
+    else:
+        backbone = load_backbone(spec.name, options.vfm_weights, device)
+        transform = ExtractFeatures(backbone, options.long_side)
+        description = f"{spec.name} features"
+    # 3. the run
+    progress = make_progress()
+    summary = run_pipeline(source, transform, sink, progress, options.strict, {"command": command_line()}, description)
+    _print_summary(summary)
+    print(f"wrote {summary.done} image(s) to {summary.output}")
+    if summary.skipped:
+        print(f"warning: {len(summary.skipped)} of {summary.total} input(s) skipped (named above, and in the "
+              f"file's skipped_images attribute)", file=sys.stderr)
+        return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def _print_summary(summary: object) -> None:
+    from rich.table import Table
+
+    from naf_cli.cli.progress import stderr_console
+    from naf_cli.pipeline.memory import gib
+    from naf_cli.pipeline.run import RunSummary
+
+    assert isinstance(summary, RunSummary)
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("done", f"{summary.done} of {summary.total}")
+    table.add_row("skipped", str(len(summary.skipped)))
+    table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)")
+    table.add_row("peak memory", gib(summary.peak_memory_bytes))
+    stderr_console().print(table)

@@ -1,0 +1,67 @@
+"""`naf info`: what an HDF5 feature file holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+SHOWN_DATASETS = 10
+
+
+def info(
+    file: Annotated[Path, typer.Argument(help="HDF5 file written by naf extract or naf upsample.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (every dataset included).")] = False,
+) -> None:
+    """Summarise a feature file: producer, command, backbone, upsampler, images done and skipped, shapes, size."""
+    import json
+
+    from naf_cli.pipeline.h5info import describe_feature_file
+
+    summary = describe_feature_file(file)
+    if as_json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    _render(summary)
+
+
+def _render(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from naf_cli.pipeline.memory import human_bytes
+
+    console = Console(soft_wrap=True, highlight=False)
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # hashes and paths are folded, never cut
+    table.add_row("file", summary["file"])
+    table.add_row("size on disk", f"{human_bytes(summary['size_on_disk_bytes'])} ({summary['size_on_disk_bytes']:,} bytes)")
+    table.add_row("complete", "yes" if summary["complete"] else "no (an interrupted or unfinished run)")
+    for section in ("run", "backbone", "upsampler"):
+        for key, value in summary[section].items():
+            table.add_row(key, str(value))
+    images = summary["images"]
+    table.add_row("images done", str(images["done"]))
+    table.add_row("images skipped", str(images["skipped"]))
+    shapes = summary["shapes"]
+    table.add_row("channels", ", ".join(map(str, shapes["channels"])) or "-")
+    table.add_row("dtypes", ", ".join(shapes["dtypes"]) or "-")
+    if shapes["height_range"]:
+        (h0, h1), (w0, w1) = shapes["height_range"], shapes["width_range"]
+        table.add_row("sizes (HxW)", f"{h0}..{h1} x {w0}..{w1}")
+    console.print(table)
+    if summary["skipped"]:
+        console.print("\n[bold]skipped inputs[/bold]")
+        for entry in summary["skipped"]:
+            console.print(f"  {entry['image']}: {entry['reason']}", markup=False)
+    if summary["datasets"]:
+        shown = Table("dataset", "shape", "dtype", "stored")
+        shown.columns[0].overflow = "fold"
+        for dataset in summary["datasets"][:SHOWN_DATASETS]:
+            shown.add_row(dataset["name"], "x".join(map(str, dataset["shape"])), dataset["dtype"], human_bytes(dataset["bytes_stored"]))
+        console.print(shown)
+        more = len(summary["datasets"]) - SHOWN_DATASETS
+        if more > 0:
+            console.print(f"... and {more} more (--json lists every dataset)")

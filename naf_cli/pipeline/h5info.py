@@ -1,0 +1,75 @@
+"""What an HDF5 feature file holds, as plain data (``naf info`` renders it)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from naf_cli.errors import NafError
+from naf_cli.pipeline.h5out import FEATURES_GROUP
+
+RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_root")
+BACKBONE_KEYS = ("backbone", "backbone_timm", "backbone_weights", "patch_size", "channels", "long_side")
+UPSAMPLER_KEYS = ("upsampler", "checkpoint", "checkpoint_sha256", "output_size_mode", "scale")
+
+
+def _plain(value: Any) -> Any:
+    """An attribute as JSON-friendly Python (arrays to lists, numpy scalars to numbers, bytes to text)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def describe_feature_file(path: Path) -> dict[str, Any]:
+    """Summary of a feature file: run, backbone, upsampler, counts, skipped inputs, datasets.
+
+    Works on any HDF5 file (missing attributes are left out); not-HDF5 is a NafError.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise NafError(f"{path} does not exist; fix: pass the .h5 file written by naf extract or naf upsample")
+    if not h5py.is_hdf5(path):
+        raise NafError(f"{path} is not an HDF5 file; fix: pass the .h5 file written by naf extract or naf upsample")
+    with h5py.File(path, "r") as handle:
+        attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+        datasets: list[dict[str, Any]] = []
+
+        def visit(name: str, node: Any) -> None:
+            if isinstance(node, h5py.Dataset):
+                datasets.append({
+                    "name": name, "shape": list(node.shape), "dtype": str(node.dtype),
+                    "chunks": list(node.chunks) if node.chunks else None,
+                    "bytes_stored": int(node.id.get_storage_size()),
+                    "source_path": _plain(node.attrs.get("source_path", "")),
+                })
+
+        group = handle.get(FEATURES_GROUP)
+        if isinstance(group, h5py.Group):
+            group.visititems(visit)
+    skipped = json.loads(attrs.get("skipped_images", "[]") or "[]")
+    channels = Counter(d["shape"][0] for d in datasets if len(d["shape"]) == 3)
+    heights = [d["shape"][-2] for d in datasets if len(d["shape"]) >= 2]
+    widths = [d["shape"][-1] for d in datasets if len(d["shape"]) >= 2]
+    return {
+        "file": str(path),
+        "size_on_disk_bytes": path.stat().st_size,
+        "complete": not path.name.endswith(".partial") and "images_done" in attrs,
+        "run": {key: attrs[key] for key in RUN_KEYS if key in attrs},
+        "backbone": {key: attrs[key] for key in BACKBONE_KEYS if key in attrs},
+        "upsampler": {key: attrs[key] for key in UPSAMPLER_KEYS if key in attrs},
+        "images": {"done": len(datasets), "skipped": len(skipped)},
+        "skipped": skipped,
+        "shapes": {
+            "channels": sorted(channels), "dtypes": sorted({d["dtype"] for d in datasets}),
+            "height_range": [min(heights), max(heights)] if heights else None,
+            "width_range": [min(widths), max(widths)] if widths else None,
+            "feature_bytes_stored": sum(d["bytes_stored"] for d in datasets),
+        },
+        "datasets": datasets,
+    }

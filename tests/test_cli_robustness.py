@@ -1,0 +1,227 @@
+"""Every odd input through the real `naf` command in a subprocess, read back with plain h5py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from odd_inputs import make_odd_folder
+
+NAF = [sys.executable, "-m", "naf_cli"]
+
+
+def naf(*args: str, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*NAF, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def odd_run(tmp_path_factory, examples_dir):
+    folder = tmp_path_factory.mktemp("odd") / "inputs"
+    good, skipped = make_odd_folder(folder, examples_dir / "chelsea.jpg")
+    out = folder.parent / "odd.h5"
+    result = naf("upsample", str(folder), "-o", str(out), "--scale", "2", "--long-side", "224", "--device", "cpu")
+    return folder, good, skipped, out, result
+
+
+def test_odd_folder_finishes_with_exit_3_and_every_decodable_input(odd_run):
+    folder, good, skipped, out, result = odd_run
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    with h5py.File(out, "r") as f:
+        names = set()
+        f["features"].visititems(lambda name, node: names.add(name) if isinstance(node, h5py.Dataset) else None)
+        assert names == good
+        for name in good:
+            data = f["features"][name]
+            assert data.shape[0] == 112 and np.isfinite(data[()].astype(np.float32)).all(), name
+        recorded = {entry["image"]: entry["reason"] for entry in json.loads(f.attrs["skipped_images"])}
+        assert set(recorded) == skipped
+        assert f.attrs["images_done"] == len(good) and f.attrs["images_skipped"] == len(skipped)
+    # loops are not followed: nothing was found twice through sub/loop
+    assert not any(name.startswith("sub/loop") for name in names)
+
+
+def test_each_skipped_input_is_one_whole_line_naming_its_full_path(odd_run):
+    folder, good, skipped, out, result = odd_run
+    lines = result.stderr.splitlines()
+    for name in skipped:
+        matching = [line for line in lines if line.startswith("skipped:") and str(folder / name) in line]
+        assert len(matching) == 1, (name, result.stderr)
+        assert "fix:" in matching[0]
+    reasons = "\n".join(lines)
+    assert "empty (0 bytes)" in reasons and "broken symbolic link" in reasons and "is a directory" in reasons
+    assert "decompression bomb" in reasons and "not an image format" in reasons and "truncated or corrupt" in reasons
+
+
+def test_summary_warnings_and_notes(odd_run):
+    folder, good, skipped, out, result = odd_run
+    stderr = result.stderr
+    assert f"{len(skipped)} of {len(good) + len(skipped)} input(s) skipped" in stderr
+    assert "done" in stderr and f"{len(good)} of {len(good) + len(skipped)}" in stderr and "images/s" in stderr
+    assert "peak memory" in stderr
+    assert stderr.count("animated images use their first frame") == 1
+    assert any("panorama_20000x300.jpg: extreme aspect ratio" in line for line in stderr.splitlines())
+    assert f"wrote {len(good)} image(s)" in result.stdout
+
+
+def test_sizes_of_tiny_and_thin_inputs(odd_run):
+    folder, good, skipped, out, result = odd_run
+    with h5py.File(out, "r") as f:
+        # the long side becomes --long-side (224): 1x1 -> 224x224 backbone input -> 14x14 grid -> 28x28
+        assert f["features/tiny_1x1.png"].shape == (112, 28, 28)
+        # the short side is at least one patch: 1 row -> 16 rows -> one cell -> 2 rows at --scale 2
+        assert f["features/line_1x500.png"].shape == (112, 2, 28)
+        assert f["features/line_500x1.png"].shape == (112, 28, 2)
+        assert tuple(f["features/rotated_exif.jpg"].attrs["source_size"]) == (451, 300)  # upright: H > W
+        assert f["features/deep16.png"].attrs["source_bit_depth"] == 16
+        assert f["features/animated.gif"].attrs["source_frames"] == 2
+
+
+def test_strict_stops_at_the_first_bad_input(tmp_path, examples_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_bad.jpg").write_bytes(b"nope")
+    (folder / "b_good.jpg").write_bytes((examples_dir / "coffee.jpg").read_bytes())
+    out = tmp_path / "o.h5"
+    result = naf("upsample", str(folder), "-o", str(out), "--upsampler", "bilinear", "--strict", "--device", "cpu")
+    assert result.returncode == 1, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and str(folder / "a_bad.jpg") in error_lines[0] and "--strict" in error_lines[0]
+    assert not out.exists()
+
+
+def test_progress_in_a_log_file_is_plain_whole_lines(tmp_path, examples_dir):
+    out = tmp_path / "o.h5"
+    long_name = "a-very-long-file-name-" + "x" * 150 + ".jpg"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / long_name).write_bytes((examples_dir / "coffee.jpg").read_bytes())
+    (folder / "broken.jpg").write_bytes(b"")
+    with open(tmp_path / "log.txt", "w") as log:
+        code = subprocess.run([*NAF, "upsample", str(folder), "-o", str(out), "--upsampler", "bilinear", "--device", "cpu"],
+                              stderr=log, stdout=subprocess.DEVNULL, timeout=600).returncode
+    text = (tmp_path / "log.txt").read_text()
+    assert code == 3
+    assert "\r" not in text and "\x1b[" not in text  # no redraws, no colour codes
+    assert any(line.startswith("[1/2] 50%") and line.endswith(long_name) for line in text.splitlines()), text
+    assert any(line.startswith("[2/2] 100%") for line in text.splitlines()), text
+    assert any(line.startswith("skipped:") and line.rstrip().endswith("re-encode or remove the file") for line in text.splitlines())
+
+
+def test_interrupt_exits_130_with_one_line(tmp_path, examples_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"{i:02d}.jpg").write_bytes((examples_dir / "coffee.jpg").read_bytes())
+    process = subprocess.Popen([*NAF, "upsample", str(folder), "-o", str(tmp_path / "o.h5"), "--device", "cpu"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # wait until work has started
+        if line.startswith("[1/30]"):
+            break
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130
+    assert "error: interrupted" in rest and "Traceback" not in rest
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_files_from_and_glob(tmp_path, examples_dir):
+    folder = tmp_path / "in"
+    (folder / "keep").mkdir(parents=True)
+    for name in ("keep/a.jpg", "keep/b.png", "c.jpg"):
+        (folder / name).write_bytes((examples_dir / "coffee.jpg").read_bytes())
+    out = tmp_path / "g.h5"
+    result = naf("extract", str(folder), "--glob", "*.jpg", "-o", str(out), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out, "r") as f:
+        assert sorted(f["features"]["keep"]) == ["a.jpg"] and "c.jpg" in f["features"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# chosen\nin/keep/b.png\n\nin/c.jpg\nin/missing.jpg\n")
+    out = tmp_path / "l.h5"
+    result = naf("extract", "--files-from", str(listing), "-o", str(out), "--device", "cpu")
+    assert result.returncode == 3, result.stderr
+    assert "missing.jpg" in result.stderr
+    with h5py.File(out, "r") as f:  # names are relative to the deepest folder holding every input
+        assert sorted(f["features"]) == ["c.jpg", "keep"] and list(f["features/keep"]) == ["b.png"]
+
+
+def test_help_and_version_do_not_import_torch():
+    commands = [["--help"], ["--version"]] + [[c, "--help"] for c in ("extract", "upsample", "info", "train", "env", "models")]
+    code = (
+        "import sys\n"
+        "from naf_cli.cli.app import app\n"
+        f"for args in {commands!r}:\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), (args, e.code)\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'h5py', 'numpy') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout, result.stdout[-500:]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--scale", "nan"], "--scale must be a finite number above 0"),
+    (["--scale", "inf"], "--scale must be a finite number above 0"),
+    (["--scale", "0"], "--scale must be a finite number above 0"),
+    (["--scale", "-2"], "--scale must be a finite number above 0"),
+    (["--long-side", "0"], "--long-side must be a finite number above 0"),
+    (["--long-side", "-5"], "--long-side must be a finite number above 0"),
+    (["--scale", "1000"], "fix: a smaller --scale"),
+    (["--output-size", "12xq"], "--output-size must be grid, image or HxW"),
+    (["--output-size", "image", "--scale", "4"], "--scale applies to --output-size grid"),
+    (["--device", "mps"], "MPS (Apple GPU) is not available"),
+    (["--device", "tpu9"], "unknown device"),
+    (["--vfm", "dinov9"], "known backbones"),
+    (["--upsampler", "lanczos"], "known upsamplers"),
+])
+def test_bad_options_fail_before_any_work(tmp_path, examples_dir, args, words):
+    out = tmp_path / "o.h5"
+    started = time.monotonic()
+    result = naf("upsample", str(examples_dir), "-o", str(out), *args, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert not out.exists() and not out.with_name("o.h5.partial").exists()
+    assert time.monotonic() - started < 120
+
+
+def test_output_that_is_a_folder_is_refused_even_with_overwrite(tmp_path, examples_dir):
+    result = naf("upsample", str(examples_dir), "-o", str(tmp_path), "--overwrite")
+    assert result.returncode == 2 and "is a folder" in result.stderr
+
+
+def test_corrupt_and_foreign_weight_files_say_what_they_are(tmp_path, examples_dir):
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "random.safetensors").write_bytes(os.urandom(64))
+    (tmp_path / "image.pth").write_bytes((examples_dir / "coffee.jpg").read_bytes())
+    good = tmp_path / "good.safetensors"
+    save_file({"a": torch.zeros(3)}, str(good))
+    (tmp_path / "cut.safetensors").write_bytes(good.read_bytes()[:-5])
+    model = {f"image_encoder.encoder.{i}.weight": torch.zeros(2, 2) for i in range(5)}
+    torch.save(model, tmp_path / "other.pth")
+    cases = [
+        (["--checkpoint", str(tmp_path / "image.pth")], "not a weights file (it starts with b'\\xff\\xd8"),
+        (["--checkpoint", str(tmp_path / "cut.safetensors")], "truncated safetensors file"),
+        (["--checkpoint", str(tmp_path / "other.pth")], "unexpected key(s)"),
+        (["--vfm", "dinov2-s", "--vfm-weights", str(tmp_path / "random.safetensors")], "cannot read dinov2-s weights"),
+        (["--vfm-weights", str(tmp_path / "other.pth")], "missing key(s)"),
+    ]
+    for args, words in cases:
+        result = naf("upsample", str(examples_dir / "coffee.jpg"), "-o", str(tmp_path / "o.h5"), *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
+        assert words in lines[0] and "fix:" in lines[0], (args, lines[0])
