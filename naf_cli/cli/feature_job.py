@@ -7,8 +7,12 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from naf_cli.cli.errors import EXIT_OK, EXIT_SKIPPED
+
+if TYPE_CHECKING:
+    from naf_cli.pipeline.run import RunSummary
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,6 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
         where = ", ".join(map(str, options.inputs)) or str(options.files_from)
         raise OptionError(f"no images found in {where}; fix: pass a folder with .jpg/.png/... files, or check --glob")
     # 2. models, and what they imply for the output
-    extract = None
     transform: ExtractFeatures | ExtractAndUpsample
     if upsample is not None and rule is not None:
         upsampler, info = load_upsampler(upsample.upsampler, upsample.checkpoint, device)
@@ -81,8 +84,7 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
                     f"need about {gib(need)} per image, more than the {gib(have)} available; "
                     f"fix: a smaller --scale, --output-size or --long-side"
                 )
-        extract = ExtractFeatures(backbone, options.long_side)
-        transform = ExtractAndUpsample(extract, UpsampleFeatures(upsampler, info, rule))
+        transform = ExtractAndUpsample(ExtractFeatures(backbone, options.long_side), UpsampleFeatures(upsampler, info, rule))
         description = f"{spec.name} + {info.name} ({rule.describe()})"
     else:
         backbone = load_backbone(spec.name, options.vfm_weights, device)
@@ -100,14 +102,12 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     return EXIT_OK
 
 
-def _print_summary(summary: object) -> None:
+def _print_summary(summary: RunSummary) -> None:
     from rich.table import Table
 
     from naf_cli.cli.progress import stderr_console
     from naf_cli.pipeline.memory import gib
-    from naf_cli.pipeline.run import RunSummary
 
-    assert isinstance(summary, RunSummary)
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()

@@ -53,12 +53,15 @@ class NAF(Upsampler):
             )
 
     def peak_bytes(self, channels: int, output_size: tuple[int, int], batch: int = 1) -> int:
-        """Estimated peak of one float32 forward: output, the query map and its copies
-        (encoder output, pooled map, RoPE's rotations; the guidance image is at most the
-        output size in the pipeline), plus the attention's chunk budget."""
+        """Estimated peak of one float32 forward: the output, the query map's copies at the
+        output size (encoder output, RoPE's rotations), plus the attention's chunk budget.
+
+        3.5 copies of the query map: measured peaks at x32 and x72 (benchmarks/RESULTS.md)
+        are 3.2 copies above the output.
+        """
         pixels = batch * output_size[0] * output_size[1]
         dim = self.image_encoder.rope.dim
-        return pixels * (channels + 6 * dim) * 4 + self.max_chunk_bytes
+        return pixels * (channels + dim * 7 // 2) * 4 + self.max_chunk_bytes
 
     def queries_and_keys(self, image: torch.Tensor, low_size: tuple[int, int], output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries [B, dim, H, W] and keys [B, dim, h, w] from an image in [0, 1]."""

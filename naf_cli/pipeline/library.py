@@ -28,7 +28,7 @@ def upsample_image(
     from naf_cli.images import DecodedImage
 
     rule = output_size or OutputSize("grid", scale)
-    transform = ExtractAndUpsample(ExtractFeatures(backbone, long_side), UpsampleFeatures(upsampler, UpsamplerInfo("?"), rule))
+    transform = ExtractAndUpsample(ExtractFeatures(backbone, long_side), UpsampleFeatures(upsampler, None, rule))
     result = transform(DecodedImage(image))
     return result.features, dict(result.attrs)
 

@@ -11,14 +11,30 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+import torch
 
 from naf_cli.errors import ImageReadError, InputSkipped, RunError
 from naf_cli.images import read_image
-from naf_cli.pipeline.h5out import HDF5FeatureSink
 from naf_cli.pipeline.memory import peak_bytes
 from naf_cli.pipeline.progress import Progress, TqdmProgress
 from naf_cli.pipeline.sources import ImageSource
 from naf_cli.pipeline.transforms import Transform
+
+
+class FeatureSink(Protocol):
+    """Where per-image features go (``HDF5FeatureSink``); ``output`` is what users open."""
+
+    output: Path
+
+    def begin(self, attrs: Mapping[str, object]) -> None: ...
+
+    def write(self, name: str, features: torch.Tensor, attrs: Mapping[str, object]) -> None: ...
+
+    def finish(self, done: int, skipped: list[tuple[str, str]]) -> Path: ...
+
+    def abort(self) -> Path | None: ...
 
 
 @dataclass
@@ -40,7 +56,7 @@ class RunSummary:
 def run_pipeline(
     source: ImageSource,
     transform: Transform,
-    sink: HDF5FeatureSink,
+    sink: FeatureSink,
     progress: Progress | None = None,
     strict: bool = False,
     run_attrs: Mapping[str, object] | None = None,
@@ -62,11 +78,12 @@ def run_pipeline(
                 image, digest = read_image(item.path)
                 result = transform(image)
             except (ImageReadError, InputSkipped) as err:
-                reason = str(err) if isinstance(err, ImageReadError) else f"skipped {item.path}: {err}"
+                # decode errors name the file themselves; refusals by a transform do not
+                reason = str(err) if isinstance(err, ImageReadError) else f"{item.path}: {err}"
                 if strict:
                     raise RunError(f"{reason} (stopped by --strict; without it such inputs are skipped)") from err
                 summary.skipped.append((item.name, reason))
-                progress.warn(f"skipped: {reason}" if isinstance(err, ImageReadError) else reason)
+                progress.warn(f"skipped: {reason}")
                 progress.advance(item.name)
                 continue
             if image.frames > 1 and not animated_said:

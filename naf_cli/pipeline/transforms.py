@@ -117,9 +117,9 @@ class UpsampleFeatures:
 
     kind = "upsample"
 
-    def __init__(self, upsampler: Upsampler, info: UpsamplerInfo, output_size: OutputSize = OutputSize()) -> None:
+    def __init__(self, upsampler: Upsampler, info: UpsamplerInfo | None = None, output_size: OutputSize = OutputSize()) -> None:
         self.upsampler = upsampler
-        self.info = info
+        self.info = info or UpsamplerInfo(type(upsampler).__name__.lower())
         self.output_size = output_size
 
     def file_attrs(self) -> dict[str, AttrValue]:
