@@ -5,7 +5,7 @@ whole `naf upsample` pipeline on a folder.
 
 Module: features [384, 28, 28] and a 448 x 448 guidance image, as in the paper's table;
 the output is 28 * ratio square. Pipeline: images/s of `upsample_folder` with effnet-lite0.
-Results are recorded in benchmarks/RESULTS.md with the machine, date and command.
+Results are recorded in docs/benchmarks.md with the machine, date and command.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+from feature_files import dataset_names
 from odd_inputs import make_odd_folder
 
 NAF = [sys.executable, "-m", "naf_cli"]
@@ -35,8 +36,7 @@ def test_odd_folder_finishes_with_exit_3_and_every_decodable_input(odd_run):
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
     with h5py.File(out, "r") as f:
-        names = set()
-        f["features"].visititems(lambda name, node: names.add(name) if isinstance(node, h5py.Dataset) else None)
+        names = set(dataset_names(f["features"]))
         assert names == good
         for name in good:
             data = f["features"][name]
@@ -130,7 +130,8 @@ def test_interrupt_exits_130_with_one_line(tmp_path, examples_dir):
     rest = process.stderr.read()
     assert process.wait(timeout=120) == 130
     assert "error: interrupted" in rest and "Traceback" not in rest
-    assert not (tmp_path / "o.h5").exists()
+    with h5py.File(tmp_path / "o.h5", "r") as f:  # what was finished is kept, marked incomplete
+        assert not f.attrs["complete"] and len(dataset_names(f["features"])) < 30
 
 
 def test_files_from_and_glob(tmp_path, examples_dir):

@@ -73,12 +73,18 @@ def test_bilinear_matches_interpolated_backbone_features(tmp_path, examples_dir)
     torch.testing.assert_close(stored, expected.half().float(), atol=1e-2, rtol=1e-3)
 
 
-def test_existing_output_is_not_overwritten(naf_file, examples_dir):
-    before = naf_file.read_bytes()
-    result = runner.invoke(app, ["upsample", str(examples_dir), "-o", str(naf_file)])
+def test_rerun_resumes_and_foreign_outputs_are_not_overwritten(naf_file, examples_dir, tmp_path):
+    shard = naf_file.with_name("f.h5.shards") / "shard-000000.h5"
+    before = shard.read_bytes()
+    result = runner.invoke(app, ["upsample", str(examples_dir), "-o", str(naf_file), "--device", "cpu"])
+    assert result.exit_code == 0 and "wrote 0 image(s)" in result.stdout and "4 done by an earlier run" in result.stdout
+    assert shard.read_bytes() == before
+    foreign = tmp_path / "mine.h5"
+    foreign.write_bytes(b"precious")
+    result = runner.invoke(app, ["upsample", str(examples_dir), "-o", str(foreign)])
     assert result.exit_code == 2
     assert "already exists" in result.stderr and "--overwrite" in result.stderr
-    assert naf_file.read_bytes() == before
+    assert foreign.read_bytes() == b"precious"
 
 
 def test_bad_image_is_named_skipped_and_recorded(tmp_path, examples_dir):
@@ -134,10 +140,11 @@ def test_values_beyond_float16_range_are_kept_in_float32(tmp_path):
 
     big = torch.tensor([[[1.0, 7e4], [-1e5, 3.0]]])
     out = HDF5FeatureSink(tmp_path / "o.h5")
+    out.prepare({})
     out.begin({})
     out.write("big.png", big, {})
     out.write("small.png", big / 1000, {})
-    out.finish(2, [])
+    out.finish()
     with h5py.File(tmp_path / "o.h5", "r") as f:
         assert f["features/big.png"].dtype == np.float32
         assert np.array_equal(f["features/big.png"][()], big.numpy())

@@ -42,5 +42,6 @@ def test_output_size_and_chunks():
     assert output_size((19, 28), 16) == (304, 448)
     assert output_size((19, 28), 2.5) == (48, 70)
     c, th, tw = chunk_shape(768, 448, 448)
-    assert c == 768 and c * th * tw * 2 <= 1 << 20
+    assert c == 64 and c * th * tw * 2 <= 1 << 20 and th == tw
+    assert chunk_shape(112, 448, 448)[0] == 56  # two equal blocks, no padding channels
     assert chunk_shape(4, 10, 10) == (4, 10, 10)

@@ -19,7 +19,7 @@ from torch import nn
 from naf_cli.backbones import effnet_lite
 from naf_cli.backbones.registry import BackboneSpec, get_spec
 from naf_cli.errors import WeightsError
-from naf_cli.weight_files import describe_mismatch, read_state_dict, shorten
+from naf_cli.weight_files import describe_mismatch, file_sha256, read_state_dict, shorten
 
 # EfficientNet stage whose output has stride 16 (timm feature index 3: blocks.4, 112 channels for lite0)
 EFFNET_STRIDE16_INDEX = 3
@@ -36,6 +36,7 @@ class BackboneInfo:
         mean, std: the backbone's own input normalisation (from timm's pretrained cfg).
         channels: feature channels C.
         weights: where the weights came from (``hub:timm/...``, a file path, ``package:...``).
+        weights_sha256: SHA-256 of the weights file, or "" when it cannot be found.
     """
 
     name: str
@@ -45,6 +46,7 @@ class BackboneInfo:
     std: tuple[float, float, float]
     channels: int
     weights: str
+    weights_sha256: str = ""
 
 
 class Backbone(nn.Module):
@@ -179,6 +181,15 @@ def _cached_hub_file(spec: BackboneSpec) -> Path | None:
     return None
 
 
+def _weights_file(spec: BackboneSpec, weights: Path | None) -> Path | None:
+    """The file the weights were read from: given, packaged, or the hub cache's copy."""
+    if weights is not None:
+        return weights
+    if spec.kind == "effnet":
+        return effnet_lite.packaged_weights_path(spec.name.split("-", 1)[1])
+    return _cached_hub_file(spec)
+
+
 def load_backbone(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> Backbone:
     """Build a registry backbone with its pretrained weights.
 
@@ -196,6 +207,7 @@ def load_backbone(name: str, weights: str | Path | None = None, device: str | to
     weights = Path(weights) if weights is not None else None
     model: Any
     model, source = _effnet(spec, weights) if spec.kind == "effnet" else _vit(spec, weights)
+    weights_file = _weights_file(spec, weights)
     cfg = timm.get_pretrained_cfg(spec.timm_name)
     if cfg is None:
         raise WeightsError(f"timm has no pretrained config for {spec.timm_name}; fix: upgrade timm (pip install -U timm)")
@@ -209,5 +221,6 @@ def load_backbone(name: str, weights: str | Path | None = None, device: str | to
         std=(std[0], std[1], std[2]),
         channels=int(channels),
         weights=source,
+        weights_sha256=file_sha256(weights_file) if weights_file is not None else "",
     )
     return Backbone(info, model, spec.kind).to(device)

@@ -6,6 +6,8 @@ h5py load inside command bodies, so ``naf --help`` is instant.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from typing import Annotated, Any
 
@@ -39,10 +41,23 @@ def _cli_exceptions() -> tuple[type[BaseException], ...]:
 PASSED_THROUGH = _cli_exceptions()
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM (a scheduler's stop) is handled like Ctrl-C: finished work is kept, resumable.
+    SIGXFSZ is ignored so a file-size limit surfaces as a write error with a message."""
+    with contextlib.suppress(ValueError, AttributeError):  # not in the main thread, or no such signal
+        signal.signal(signal.SIGTERM, _terminated)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 class NafGroup(TyperGroup):
     """Runs a subcommand; any exception it raises becomes one line on stderr and an exit code."""
 
     def invoke(self, ctx: Any) -> Any:
+        _install_signal_handlers()
         try:
             return super().invoke(ctx)
         except PASSED_THROUGH:

@@ -5,7 +5,22 @@ from __future__ import annotations
 import typer
 
 from naf_cli.cli.feature_job import JobOptions, run_job
-from naf_cli.cli.options import Device, FilesFrom, Glob, Inputs, LongSide, Output, Overwrite, Strict, Vfm, VfmWeights
+from naf_cli.cli.options import (
+    Compression,
+    Device,
+    FilesFrom,
+    Glob,
+    Inputs,
+    LongSide,
+    OutDtype,
+    Output,
+    Overwrite,
+    ShardImages,
+    Strict,
+    Vfm,
+    VfmWeights,
+    Workers,
+)
 
 
 def extract(
@@ -19,7 +34,12 @@ def extract(
     strict: Strict = False,
     device: Device = "auto",
     overwrite: Overwrite = False,
+    out_dtype: OutDtype = "float16",
+    compression: Compression = "none",
+    shard_images: ShardImages = None,
+    workers: Workers = None,
 ) -> None:
     """Store each image's low-resolution backbone features (with its path, size and hash)."""
-    options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite)
+    options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
+                         out_dtype, compression, shard_images, workers)
     raise typer.Exit(run_job(options, None))

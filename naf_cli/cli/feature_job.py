@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from naf_cli.cli.errors import EXIT_OK, EXIT_SKIPPED
+from naf_cli.errors import OptionError
 
 if TYPE_CHECKING:
+    from naf_cli.pipeline import HDF5FeatureSink, ImageSource, OutputSize
     from naf_cli.pipeline.run import RunSummary
+    from naf_cli.pipeline.transforms import Transform
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,10 @@ class JobOptions:
     strict: bool
     device: str
     overwrite: bool
+    out_dtype: str = "float16"
+    compression: str = "none"
+    shard_images: int | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,14 @@ class UpsampleOptions:
     checkpoint: Path | None
     output_size: str
     scale: float | None
+    image_root: Path | None = None
+
+
+def feature_file_input(inputs: list[Path]) -> Path | None:
+    """The extract file when the only input is an HDF5 file, else None."""
+    if len(inputs) != 1 or not inputs[0].is_file() or inputs[0].suffix.lower() not in (".h5", ".hdf5", ".hdf"):
+        return None
+    return inputs[0]
 
 
 def command_line() -> str:
@@ -47,11 +62,8 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     """Run extract (``upsample`` None) or upsample; returns the exit code (0, or 3 with skipped inputs)."""
     from naf_cli.backbones import get_spec, load_backbone
     from naf_cli.cli.options import resolve_device
-    from naf_cli.cli.progress import make_progress
-    from naf_cli.errors import OptionError
     from naf_cli.pipeline import ExtractAndUpsample, ExtractFeatures, HDF5FeatureSink, ImageSource, OutputSize, UpsampleFeatures
     from naf_cli.pipeline.memory import available_bytes, gib
-    from naf_cli.pipeline.run import run_pipeline
     from naf_cli.pipeline.sizes import check_positive
     from naf_cli.upsamplers import get_factory, load_upsampler
 
@@ -61,8 +73,13 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     spec = get_spec(options.vfm)
     if upsample is not None:
         get_factory(upsample.upsampler)
-    sink = HDF5FeatureSink(options.output, options.overwrite)
+    sink = HDF5FeatureSink(options.output, options.overwrite, options.out_dtype, options.compression, options.shard_images)
     device = resolve_device(options.device)
+    stored_path = feature_file_input(options.inputs)
+    if stored_path is not None:
+        if upsample is None or rule is None:
+            raise OptionError(f"{stored_path} is a feature file; fix: naf extract takes images (naf upsample takes an extract file)")
+        return _upsample_stored(stored_path, sink, device, upsample, rule, options)
     source = ImageSource(options.inputs, options.globs, options.files_from)
     if not len(source):
         where = ", ".join(map(str, options.inputs)) or str(options.files_from)
@@ -91,10 +108,41 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
         transform = ExtractFeatures(backbone, options.long_side)
         description = f"{spec.name} features"
     # 3. the run
-    progress = make_progress()
-    summary = run_pipeline(source, transform, sink, progress, options.strict, {"command": command_line()}, description)
+    return _run(source, transform, sink, options, description)
+
+
+def _upsample_stored(path: Path, sink: HDF5FeatureSink, device: str, upsample: UpsampleOptions, rule: OutputSize,
+                     options: JobOptions) -> int:
+    """``naf upsample lr.h5``: the features of an extract file, upsampled without a backbone pass."""
+    from naf_cli.datasets import source_image_path
+    from naf_cli.features import FeatureFile
+    from naf_cli.pipeline import ImageSource, InputItem, UpsampleFeatures
+    from naf_cli.pipeline.transforms import UpsampleStored
+    from naf_cli.upsamplers import load_upsampler
+
+    stored = FeatureFile(path)
+    if not len(stored):
+        raise OptionError(f"{path} holds no features; fix: pass a file written by naf extract")
+    items = [InputItem(name, source_image_path(stored, name, upsample.image_root)) for name in stored]
+    source = ImageSource.of(items, upsample.image_root or Path(str(stored.attrs.get("source_root", path.parent))))
+    upsampler, info = load_upsampler(upsample.upsampler, upsample.checkpoint, device)
+    upsampler.check_channels(int(stored.dataset(stored.names[0]).shape[0]))
+    transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule))
+    description = f"{path.name} + {info.name} ({rule.describe()})"
+    return _run(source, transform, sink, options, description)
+
+
+def _run(source: ImageSource, transform: Transform, sink: HDF5FeatureSink, options: JobOptions, description: str) -> int:
+    from naf_cli.cli.progress import make_progress
+    from naf_cli.pipeline.run import run_pipeline
+
+    if options.workers is not None and options.workers < 0:
+        raise OptionError(f"--workers must be 0 or more, got {options.workers}")
+    summary = run_pipeline(source, transform, sink, make_progress(), options.strict, {"command": command_line()},
+                           description, options.workers)
     _print_summary(summary)
-    print(f"wrote {summary.done} image(s) to {summary.output}")
+    resumed = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""
+    print(f"wrote {summary.done} image(s) to {summary.output}{resumed}")
     if summary.skipped:
         print(f"warning: {len(summary.skipped)} of {summary.total} input(s) skipped (named above, and in the "
               f"file's skipped_images attribute)", file=sys.stderr)
@@ -114,5 +162,7 @@ def _print_summary(summary: RunSummary) -> None:
     table.add_row("done", f"{summary.done} of {summary.total}")
     table.add_row("skipped", str(len(summary.skipped)))
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)")
+    table.add_row("model busy", f"{100 * summary.busy_fraction:.0f}% (compute {summary.compute_seconds:.1f} s; decode "
+                                f"{summary.decode_seconds:.1f} s and write {summary.write_seconds:.1f} s overlapped)")
     table.add_row("peak memory", gib(summary.peak_memory_bytes))
     stderr_console().print(table)

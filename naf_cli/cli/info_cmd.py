@@ -38,13 +38,14 @@ def _render(summary: dict) -> None:
     table.add_column(overflow="fold")  # hashes and paths are folded, never cut
     table.add_row("file", summary["file"])
     table.add_row("size on disk", f"{human_bytes(summary['size_on_disk_bytes'])} ({summary['size_on_disk_bytes']:,} bytes)")
-    table.add_row("complete", "yes" if summary["complete"] else "no (an interrupted or unfinished run)")
+    table.add_row("complete", "yes" if summary["complete"] else "no: an interrupted or unfinished run (rerun its command to resume)")
     for section in ("run", "backbone", "upsampler"):
         for key, value in summary[section].items():
             table.add_row(key, str(value))
     images = summary["images"]
     table.add_row("images done", str(images["done"]))
     table.add_row("images skipped", str(images["skipped"]))
+    table.add_row("images pending", str(images["pending"]))
     shapes = summary["shapes"]
     table.add_row("channels", ", ".join(map(str, shapes["channels"])) or "-")
     table.add_row("dtypes", ", ".join(shapes["dtypes"]) or "-")

@@ -30,7 +30,18 @@ FilesFrom = Annotated[
     Optional[Path], typer.Option("--files-from", help="Text file of image paths, one a line (relative to the file's folder); - for stdin."),
 ]
 Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first input that cannot be read, instead of skipping it.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again, deleting an existing output (otherwise a rerun resumes it).")]
+OutDtype = Annotated[str, typer.Option("--out-dtype", help="Storage type: float16 (values beyond +-65504 keep float32) or float32.")]
+Compression = Annotated[str, typer.Option("--compression", help="none, gzip (smaller, slower) or lzf (fast). See docs/format.md.")]
+Workers = Annotated[
+    Optional[int],
+    typer.Option("--workers", help="Processes decoding images ahead of the model; 0 decodes inline. [default: cores - 1, at most 4]",
+                 show_default=False),
+]
+ShardImages = Annotated[
+    Optional[int],
+    typer.Option("--shard-images", help="Images per shard file at most (default: a shard every 30 s or more); smaller loses less on a crash."),
+]
 
 
 def resolve_device(name: str) -> str:

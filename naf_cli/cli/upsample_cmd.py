@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -9,16 +10,20 @@ import typer
 from naf_cli.cli.feature_job import JobOptions, UpsampleOptions, run_job
 from naf_cli.cli.options import (
     Checkpoint,
+    Compression,
     Device,
     FilesFrom,
     Glob,
     Inputs,
     LongSide,
+    OutDtype,
     Output,
     Overwrite,
+    ShardImages,
     Strict,
     Vfm,
     VfmWeights,
+    Workers,
 )
 
 
@@ -35,6 +40,9 @@ def upsample(
         show_default=False,
     )] = None,
     checkpoint: Checkpoint = None,
+    image_root: Annotated[Optional[Path], typer.Option(
+        "--image-root", help="With an extract file as input: the photos' folder (default: each image's recorded source_path).",
+    )] = None,
     vfm_weights: VfmWeights = None,
     long_side: LongSide = 448,
     glob: Glob = None,
@@ -42,7 +50,16 @@ def upsample(
     strict: Strict = False,
     device: Device = "auto",
     overwrite: Overwrite = False,
+    out_dtype: OutDtype = "float16",
+    compression: Compression = "none",
+    shard_images: ShardImages = None,
+    workers: Workers = None,
 ) -> None:
-    """Upsample the backbone features of every image into one HDF5 file."""
-    options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite)
-    raise typer.Exit(run_job(options, UpsampleOptions(upsampler, checkpoint, output_size, scale)))
+    """Upsample the backbone features of every image into one HDF5 file.
+
+    INPUTS may also be one extract file (naf extract -o lr.h5): its stored features are
+    upsampled without a second backbone pass.
+    """
+    options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
+                         out_dtype, compression, shard_images, workers)
+    raise typer.Exit(run_job(options, UpsampleOptions(upsampler, checkpoint, output_size, scale, image_root)))

@@ -56,7 +56,7 @@ class NAF(Upsampler):
         """Estimated peak of one float32 forward: the output, the query map's copies at the
         output size (encoder output, RoPE's rotations), plus the attention's chunk budget.
 
-        3.5 copies of the query map: measured peaks at x32 and x72 (benchmarks/RESULTS.md)
+        3.5 copies of the query map: measured peaks at x32 (docs/benchmarks.md) and x72 (the speed issue)
         are 3.2 copies above the output.
         """
         pixels = batch * output_size[0] * output_size[1]

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from naf_cli.errors import NafError
-from naf_cli.pipeline.h5out import FEATURES_GROUP
+from naf_cli.feature_format import FEATURES_GROUP, list_datasets
 
-RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_root")
-BACKBONE_KEYS = ("backbone", "backbone_timm", "backbone_weights", "patch_size", "channels", "long_side")
+RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_root", "out_dtype", "compression",
+            "shard_folder")
+BACKBONE_KEYS = ("backbone", "backbone_timm", "backbone_weights", "backbone_weights_sha256", "patch_size", "channels",
+                 "long_side")
 UPSAMPLER_KEYS = ("upsampler", "checkpoint", "checkpoint_sha256", "output_size_mode", "scale")
 
 
@@ -22,6 +24,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files in the shard folder (0 when there is none)."""
+    if not folder.name or not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
 def describe_feature_file(path: Path) -> dict[str, Any]:
@@ -39,31 +48,30 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
     with h5py.File(path, "r") as handle:
         attrs = {key: _plain(value) for key, value in handle.attrs.items()}
         datasets: list[dict[str, Any]] = []
-
-        def visit(name: str, node: Any) -> None:
-            if isinstance(node, h5py.Dataset):
-                datasets.append({
-                    "name": name, "shape": list(node.shape), "dtype": str(node.dtype),
-                    "chunks": list(node.chunks) if node.chunks else None,
-                    "bytes_stored": int(node.id.get_storage_size()),
-                    "source_path": _plain(node.attrs.get("source_path", "")),
-                })
-
         group = handle.get(FEATURES_GROUP)
-        if isinstance(group, h5py.Group):
-            group.visititems(visit)
+        for name in list_datasets(group) if isinstance(group, h5py.Group) else []:
+            node = group[name]
+            datasets.append({
+                "name": name, "shape": list(node.shape), "dtype": str(node.dtype),
+                "chunks": list(node.chunks) if node.chunks else None,
+                "compression": node.compression or "none",
+                "bytes_stored": int(node.id.get_storage_size()),
+                "source_path": _plain(node.attrs.get("source_path", "")),
+            })
     skipped = json.loads(attrs.get("skipped_images", "[]") or "[]")
+    total = int(attrs.get("images_total", len(datasets) + len(skipped)))
     channels = Counter(d["shape"][0] for d in datasets if len(d["shape"]) == 3)
     heights = [d["shape"][-2] for d in datasets if len(d["shape"]) >= 2]
     widths = [d["shape"][-1] for d in datasets if len(d["shape"]) >= 2]
     return {
         "file": str(path),
-        "size_on_disk_bytes": path.stat().st_size,
-        "complete": not path.name.endswith(".partial") and "images_done" in attrs,
+        "size_on_disk_bytes": path.stat().st_size + _folder_bytes(path.parent / str(attrs.get("shard_folder", ""))),
+        "complete": bool(attrs.get("complete", False)),
         "run": {key: attrs[key] for key in RUN_KEYS if key in attrs},
         "backbone": {key: attrs[key] for key in BACKBONE_KEYS if key in attrs},
         "upsampler": {key: attrs[key] for key in UPSAMPLER_KEYS if key in attrs},
-        "images": {"done": len(datasets), "skipped": len(skipped)},
+        "images": {"done": len(datasets), "skipped": len(skipped), "pending": max(0, total - len(datasets) - len(skipped)),
+                   "total": total},
         "skipped": skipped,
         "shapes": {
             "channels": sorted(channels), "dtypes": sorted({d["dtype"] for d in datasets}),

@@ -97,7 +97,14 @@ class OutputSize:
         return f"{self.fixed[0]}x{self.fixed[1]}"
 
 
+CHANNEL_BLOCK = 64
+
+
 def chunk_shape(channels: int, height: int, width: int, itemsize: int = 2, max_bytes: int = 1 << 20) -> tuple[int, int, int]:
-    """HDF5 chunk of a [C, H, W] dataset: all channels, a square spatial tile of at most ``max_bytes``."""
-    tile = max(1, int((max_bytes / (channels * itemsize)) ** 0.5))
-    return channels, min(height, tile), min(width, tile)
+    """HDF5 chunk of a [C, H, W] dataset: channel blocks of at most 64 (split evenly) times a
+    square spatial tile, at most ``max_bytes``: one image, one tile or one channel range reads
+    only the chunks it needs."""
+    blocks = -(-channels // CHANNEL_BLOCK)
+    block = -(-channels // blocks)
+    tile = max(1, int((max_bytes / (block * itemsize)) ** 0.5))
+    return block, min(height, tile), min(width, tile)

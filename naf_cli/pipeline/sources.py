@@ -117,6 +117,14 @@ class ImageSource:
         self.root = root
         self.items = [InputItem(name, by_name[name]) for name in sorted(by_name)]
 
+    @classmethod
+    def of(cls, items: Sequence[InputItem], root: Path) -> ImageSource:
+        """A source of given items (e.g. the images behind a feature file), sorted by name."""
+        source = cls.__new__(cls)
+        source.root = Path(root)
+        source.items = sorted(items, key=lambda item: item.name)
+        return source
+
     def __len__(self) -> int:
         return len(self.items)
 

@@ -2,7 +2,8 @@
 
 - ``ExtractFeatures``: the backbone's low-resolution features;
 - ``UpsampleFeatures``: an upsampler over given low-resolution features, guided by the image;
-- ``ExtractAndUpsample``: the two composed (``naf upsample``).
+- ``ExtractAndUpsample``: the two composed (``naf upsample``);
+- ``UpsampleStored``: ``UpsampleFeatures`` over the features of an extract file (``naf upsample lr.h5``).
 
 Each returns a ``Result`` (features [C, H, W] on the CPU, per-image attributes, warnings)
 and describes itself in ``file_attrs`` for the output file.
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from naf_cli.backbones import Backbone
 from naf_cli.errors import InputSkipped
+from naf_cli.features import FeatureFile
 from naf_cli.images import DecodedImage
 from naf_cli.modeling import Upsampler
 from naf_cli.pipeline.memory import available_bytes, gib
@@ -44,7 +46,7 @@ class Transform(Protocol):
 
     def file_attrs(self) -> dict[str, AttrValue]: ...
 
-    def __call__(self, image: DecodedImage) -> Result: ...
+    def __call__(self, image: DecodedImage, name: str) -> Result: ...
 
 
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -85,6 +87,7 @@ class ExtractFeatures:
         info = self.backbone.info
         return {
             "backbone": info.name, "backbone_timm": info.timm_name, "backbone_weights": info.weights,
+            "backbone_weights_sha256": info.weights_sha256,
             "patch_size": info.patch_size, "channels": info.channels, "long_side": self.long_side,
             "backbone_mean": info.mean, "backbone_std": info.std,
         }
@@ -104,7 +107,7 @@ class ExtractFeatures:
             )
         return features, result
 
-    def __call__(self, image: DecodedImage) -> Result:
+    def __call__(self, image: DecodedImage, name: str = "") -> Result:
         return self.features(image.rgb()[None].to(self.device))[1]
 
 
@@ -166,10 +169,42 @@ class ExtractAndUpsample:
     def file_attrs(self) -> dict[str, AttrValue]:
         return {**self.extract.file_attrs(), **self.upsample.file_attrs()}
 
-    def __call__(self, image: DecodedImage) -> Result:
+    def __call__(self, image: DecodedImage, name: str = "") -> Result:
         rgb = image.rgb()[None].to(self.device)
         features, result = self.extract.features(rgb)
         upsampled, out_size = self.upsample(rgb, features)
         result.features = upsampled[0].float().cpu()
         result.attrs["output_size"] = out_size
         return result
+
+
+# backbone attributes an extract file carries over into the upsampled file
+STORED_BACKBONE_KEYS = ("backbone", "backbone_timm", "backbone_weights", "backbone_weights_sha256", "patch_size",
+                        "channels", "long_side", "backbone_mean", "backbone_std")
+
+
+class UpsampleStored:
+    """Features stored in an extract file -> upsampled, guided by each photo (no backbone pass)."""
+
+    kind = "upsample"
+
+    def __init__(self, features: FeatureFile, upsample: UpsampleFeatures) -> None:
+        self.stored = features
+        self.upsample = upsample
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.upsample.upsampler)
+
+    def file_attrs(self) -> dict[str, AttrValue]:
+        carried = {key: self.stored.attrs[key] for key in STORED_BACKBONE_KEYS if key in self.stored.attrs}
+        return {**carried, "features_from": str(self.stored.path.absolute()), **self.upsample.file_attrs()}
+
+    def __call__(self, image: DecodedImage, name: str = "") -> Result:
+        low = torch.from_numpy(self.stored[name]).float()[None].to(self.device)
+        upsampled, out_size = self.upsample(image.rgb()[None].to(self.device), low)
+        attrs: dict[str, AttrValue] = {"feature_size": (int(low.shape[-2]), int(low.shape[-1])), "output_size": out_size}
+        stored_size = self.stored.image_attrs(name).get("backbone_input_size")
+        if stored_size is not None:
+            attrs["backbone_input_size"] = tuple(int(v) for v in stored_size)
+        return Result(upsampled[0].float().cpu(), attrs)

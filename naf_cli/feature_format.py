@@ -1,0 +1,21 @@
+"""Facts of the feature file format (docs/format.md) shared by its writer and its readers."""
+
+from __future__ import annotations
+
+import h5py
+
+FEATURES_GROUP = "features"
+FORMAT_VERSION = 2
+
+
+def list_datasets(group: h5py.Group, prefix: str = "") -> list[str]:
+    """Names of every dataset under ``group``, following links (``visititems`` does not)."""
+    names: list[str] = []
+    for key in group:
+        node = group.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(node, h5py.Dataset):
+            names.append(name)
+        elif isinstance(node, h5py.Group):
+            names.extend(list_datasets(node, name + "/"))
+    return names

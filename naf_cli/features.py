@@ -1,0 +1,104 @@
+"""Reading feature files: ``FeatureFile`` (a mapping of image names to arrays).
+
+Plain h5py reads the files too (docs/format.md); this adds the format-version check, link
+following, and a handle opened per process so that it works in DataLoader workers, with
+both the fork and the spawn start methods.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from naf_cli.errors import NafError
+from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, list_datasets
+
+FIX = "fix: pass an .h5 file written by naf extract or naf upsample (docs/format.md)"
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+class FeatureFile(Mapping[str, np.ndarray]):
+    """``FeatureFile(path)[name]`` -> [C, H, W] array; ``.dataset(name)`` for tiles and channel ranges.
+
+    A file written by another tool is read too if it has ``/features/<name>`` datasets of
+    shape [C, H, W]; a ``format_version`` newer than this naf-cli's is refused.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise NafError(f"{self.path} does not exist; {FIX}")
+        if not h5py.is_hdf5(self.path):
+            raise NafError(f"{self.path} is not an HDF5 file; {FIX}")
+        self._file: h5py.File | None = None
+        self._pid = -1
+        handle = self._handle()
+        version = int(handle.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise NafError(f"{self.path} has format version {version}, newer than this naf-cli reads ({FORMAT_VERSION}); "
+                           f"fix: pip install -U naf-cli")
+        group = handle.get(FEATURES_GROUP)
+        if not isinstance(group, h5py.Group):
+            raise NafError(f"{self.path} has no /{FEATURES_GROUP} group; {FIX}")
+        self.names = list_datasets(group)
+        self.attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+
+    def _handle(self) -> h5py.File:
+        # HDF5 handles must not cross a fork: each process opens its own
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The h5py dataset of ``name``: slice it to read a tile or a channel range only."""
+        try:
+            node = self._handle()[FEATURES_GROUP][name]
+        except KeyError:
+            raise KeyError(name) from None
+        if not isinstance(node, h5py.Dataset):
+            raise KeyError(name)
+        return node
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.dataset(name)[()]
+
+    def image_attrs(self, name: str) -> dict[str, Any]:
+        return {key: _plain(value) for key, value in self.dataset(name).attrs.items()}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in set(self.names)
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __enter__(self) -> FeatureFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"], state["_pid"] = None, -1  # reopened in the receiving process
+        return state

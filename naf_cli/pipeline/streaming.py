@@ -1,0 +1,121 @@
+"""Overlap: inputs decoded in DataLoader workers ahead of the model, outputs written by a
+thread behind it, so the model is not kept waiting on disk or on JPEG decoding.
+
+Memory stays flat whatever the number of inputs: at most ``2 x workers`` decoded images
+wait for the model, and at most ``WRITE_QUEUE`` results wait for the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from naf_cli.errors import ImageReadError
+from naf_cli.images import DecodedImage, read_image
+from naf_cli.pipeline.sources import InputItem
+
+if TYPE_CHECKING:
+    from naf_cli.pipeline.run import FeatureSink
+
+WRITE_QUEUE = 2
+
+
+def default_workers() -> int:
+    """Decoding workers: one core is left to the model, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class Decoded:
+    """One input after its worker: the image and the file's hash, or why it could not be read."""
+
+    index: int
+    image: DecodedImage | None
+    digest: str
+    error: str
+    seconds: float
+
+
+class DecodedInputs(Dataset):
+    """Reads, hashes and decodes the items; a file that fails comes back as an error record."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Decoded:
+        started = time.perf_counter()
+        try:
+            image, digest = read_image(self.paths[index])
+        except ImageReadError as err:
+            return Decoded(index, None, "", str(err), time.perf_counter() - started)
+        return Decoded(index, image, digest, "", time.perf_counter() - started)
+
+
+def _as_is(record: Any) -> Any:
+    """DataLoader's ``collate_fn`` with ``batch_size=None``: one record, passed through."""
+    return record
+
+
+def decoded_inputs(items: Sequence[InputItem], workers: int, pin_memory: bool = False) -> Iterator[Decoded]:
+    """The items decoded in order, by ``workers`` processes ahead of the caller (0: inline)."""
+    dataset = DecodedInputs([item.path for item in items])
+    if workers == 0 or len(dataset) < 2:
+        yield from (dataset[i] for i in range(len(dataset)))
+        return
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=2,
+                        pin_memory=pin_memory)
+    yield from loader
+
+
+class BackgroundWriter:
+    """Runs ``sink.write`` on a thread; the first error is raised in the caller at the next call."""
+
+    def __init__(self, sink: FeatureSink) -> None:
+        self.sink = sink
+        self.seconds = 0.0
+        self._queue: queue.Queue[tuple[str, torch.Tensor, Mapping[str, object]] | None] = queue.Queue(WRITE_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="naf-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            started = time.perf_counter()
+            try:
+                self.sink.write(*job)
+            except BaseException as err:  # handed to the caller
+                self._error = err
+            self.seconds += time.perf_counter() - started
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def write(self, name: str, features: torch.Tensor, attrs: Mapping[str, object]) -> None:
+        self._raise()
+        self._queue.put((name, features, attrs))
+
+    def close(self) -> None:
+        """Finish every queued write; raise the first error, if any."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()

@@ -1,0 +1,143 @@
+"""Crash safety and resume through real subprocesses: kill -9 at seeded points, SIGTERM, a full
+disk; every interrupted-then-resumed file must equal an uninterrupted run's (docs/format.md)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+from feature_files import contents, dataset_names
+from PIL import Image
+
+NAF = [sys.executable, "-m", "naf_cli"]
+
+
+def naf(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*NAF, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, examples_dir) -> Path:
+    """Six distinct photos: the four examples and two mirrored copies."""
+    folder = tmp_path_factory.mktemp("photos")
+    for path in sorted(examples_dir.glob("*.jpg")):
+        shutil.copy(path, folder / path.name)
+    for name in ("chelsea.jpg", "rocket.jpg"):
+        Image.open(examples_dir / name).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"mirror-{name}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(photos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "base.h5"
+    result = naf("extract", str(photos), "-o", str(out), "--shard-images", "2")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("kill_at,published", [("published:2", 2), ("published:1", 1), ("writing:3", 2)])
+def test_kill_9_keeps_finished_images_and_resume_equals_uninterrupted(photos, uninterrupted, tmp_path, kill_at, published):
+    out = tmp_path / "f.h5"
+    args = ("extract", str(photos), "-o", str(out), "--shard-images", "1")
+    killed = naf(*args, env={"NAF_TEST_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # plain h5py opens the index: the finished images, each complete; the others absent
+    expected = contents(uninterrupted)
+    with h5py.File(out, "r") as f:
+        assert not f.attrs["complete"]
+        names = dataset_names(f["features"])
+    assert len(names) == published and 0 < published < len(expected)
+    partial = contents(out)
+    assert all(partial[name] == expected[name] for name in names)
+    # the same command resumes: finished images are not redone, the result equals the uninterrupted run
+    resumed = naf(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{published} image(s) already done are not redone" in resumed.stderr
+    assert f"wrote {len(expected) - published} image(s)" in resumed.stdout
+    assert contents(out) == expected
+    assert not list(out.with_name("f.h5.shards").glob("*.partial"))
+    with h5py.File(out, "r") as f:
+        assert f.attrs["complete"] and f.attrs["images_done"] == len(expected)
+
+
+def test_other_settings_are_refused_and_overwrite_starts_again(photos, uninterrupted, tmp_path):
+    out = tmp_path / "f.h5"
+    shutil.copy(uninterrupted, out)
+    shutil.copytree(uninterrupted.with_name("base.h5.shards"), tmp_path / "f.h5.shards")
+    again = naf("extract", str(photos), "-o", str(out))
+    assert again.returncode == 0 and "6 done by an earlier run" in again.stdout
+    refused = naf("extract", str(photos), "-o", str(out), "--long-side", "224")
+    assert refused.returncode == 2
+    assert "long_side=448" in refused.stderr and "long_side=224" in refused.stderr and "--overwrite" in refused.stderr
+    fresh = naf("extract", str(photos), "-o", str(out), "--long-side", "224", "--overwrite")
+    assert fresh.returncode == 0 and "wrote 6 image(s)" in fresh.stdout
+    with h5py.File(out, "r") as f:
+        assert f.attrs["long_side"] == 224
+
+
+def test_a_copied_output_opens_from_anywhere(uninterrupted, tmp_path):
+    target = tmp_path / "elsewhere" / "deeper"
+    target.mkdir(parents=True)
+    shutil.copy(uninterrupted, target / "base.h5")
+    shutil.copytree(uninterrupted.with_name("base.h5.shards"), target / "base.h5.shards")
+    code = "import sys; sys.path.insert(0, sys.argv[2]); from feature_files import contents; print(len(contents(sys.argv[1])))"
+    result = subprocess.run([sys.executable, "-c", code, "elsewhere/deeper/base.h5", str(Path(__file__).parent)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.stdout.strip() == "6", result.stderr
+    assert contents(target / "base.h5") == contents(uninterrupted)
+
+
+def test_sigterm_leaves_a_resumable_output(photos, tmp_path):
+    out = tmp_path / "t.h5"
+    args = ["upsample", str(photos), "-o", str(out), "--shard-images", "1", "--device", "cpu"]
+    process = subprocess.Popen([*NAF, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("[2/6]"):  # two images finished
+            break
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130
+    assert "error: interrupted" in rest and "rerun the same command to resume" in rest
+    with h5py.File(out, "r") as f:
+        done = dataset_names(f["features"])
+        assert 2 <= len(done) < 6 and not f.attrs["complete"]
+    info = naf("info", str(out), "--json")
+    assert '"pending": ' + str(6 - len(done)) in info.stdout
+    resumed = naf(*args)
+    assert resumed.returncode == 0 and f"{len(done)} done by an earlier run" in resumed.stdout
+
+
+def test_a_full_disk_is_one_clear_error_and_resumable(tmp_path, examples_dir):
+    """RLIMIT_FSIZE makes writes past 20 MB fail (EFBIG) in the subprocess, like a full disk."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = Image.open(examples_dir / "rocket.jpg").convert("RGB")
+    photo.resize((700, 100)).save(folder / "a_wide.jpg")   # 448x64 output: 6.4 MB in float16
+    photo.resize((700, 100)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "b_wide.jpg")
+    photo.resize((500, 500)).save(folder / "c_square.jpg")  # 448x448: 45 MB, more than the limit
+    out = tmp_path / "d.h5"
+    args = ("upsample", str(folder), "-o", str(out), "--upsampler", "bilinear", "--shard-images", "2", "--device", "cpu")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 * 2**20, 20 * 2**20))
+
+    full = subprocess.run([*NAF, *args], capture_output=True, text=True, timeout=600, preexec_fn=limit)
+    assert full.returncode == 1, full.stderr
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "c_square.jpg" in errors[0] and "free disk space" in errors[0], full.stderr
+    with h5py.File(out, "r") as f:
+        assert dataset_names(f["features"]) == ["a_wide.jpg", "b_wide.jpg"]
+        assert f["features/a_wide.jpg"].shape == (112, 64, 448)
+    resumed = naf(*args)
+    assert resumed.returncode == 0 and "2 done by an earlier run" in resumed.stdout, resumed.stderr
+    with h5py.File(out, "r") as f:
+        assert dataset_names(f["features"]) == ["a_wide.jpg", "b_wide.jpg", "c_square.jpg"]

@@ -1,0 +1,28 @@
+"""Decoding in worker processes and writing on a thread change nothing in the output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from feature_files import contents
+
+NAF = [sys.executable, "-m", "naf_cli"]
+
+
+def test_workers_give_the_same_file_as_inline_decoding(tmp_path, examples_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in examples_dir.glob("*.jpg"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a failure decoded in a worker
+    outputs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}.h5"
+        result = subprocess.run([*NAF, "upsample", str(folder), "-o", str(out), "--upsampler", "bilinear", "--scale", "4",
+                                 "--workers", workers, "--device", "cpu"], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 3, result.stderr
+        assert "broken.png" in result.stderr and "model busy" in result.stderr
+        outputs[workers] = contents(out)
+    assert sorted(outputs["0"]) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+    assert outputs["0"] == outputs["2"]
