@@ -6,7 +6,8 @@ decoding workers, on generated photos.
 Makes COUNT JPEGs (seeded crops of the given photos, 640x480 or 480x640) once, then runs
 `naf extract` and `naf upsample --upsampler bilinear --scale 4` on the first 100 and on all
 COUNT images, with `--workers 0` and the default, each as its own process. Peak RSS is the
-naf process's own (wait4), not its decoding workers'. Prints a Markdown table for
+naf process's own (wait4), not its decoding workers'. Then the upsample on 100 images with
+each `--compression`: size on disk and images/s. Prints Markdown tables for
 docs/benchmarks.md.
 """
 
@@ -89,6 +90,18 @@ def main() -> None:
                 assert busy and rate, err[-1000:]
                 print(f"| {label} | {n} | {workers} | {rate[1]} | {busy[1]}% | {busy[2]} | {busy[3]} | {busy[4]} | "
                       f"{wall:.1f} | {rss / 2**20:.0f} |", flush=True)
+    print("\n| compression | size on disk MB (100 images, bilinear x4, float16) | images/s |")
+    print("|---|---|---|")
+    for compression in ("none", "gzip", "lzf"):
+        out = args.work / f"c-{compression}.h5"
+        out.unlink(missing_ok=True)
+        shutil.rmtree(args.work / f"c-{compression}.h5.shards", ignore_errors=True)
+        _, _, err = run([*jobs["upsample bilinear x4"], "--files-from", str(lists[100]), "-o", str(out),
+                         "--device", "cpu", "--compression", compression])
+        rate = re.search(r"\(([\d.]+) images/s\)", err)
+        assert rate, err[-1000:]
+        size = out.stat().st_size + sum(p.stat().st_size for p in (args.work / f"c-{compression}.h5.shards").iterdir())
+        print(f"| {compression} | {size / 2**20:.1f} | {rate[1]} |", flush=True)
 
 
 if __name__ == "__main__":

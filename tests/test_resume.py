@@ -141,3 +141,54 @@ def test_a_full_disk_is_one_clear_error_and_resumable(tmp_path, examples_dir):
     assert resumed.returncode == 0 and "2 done by an earlier run" in resumed.stdout, resumed.stderr
     with h5py.File(out, "r") as f:
         assert dataset_names(f["features"]) == ["a_wide.jpg", "b_wide.jpg", "c_square.jpg"]
+
+
+def test_batched_runs_resume_exactly(photos, tmp_path):
+    """NAF is not bitwise batch-invariant on CPU, so batches come from fixed groups of the name
+    order and a shard never holds part of one: killed-and-resumed equals uninterrupted."""
+    args = ["upsample", str(photos), "--scale", "2", "--long-side", "224", "--batch-size", "4", "--shard-images", "1",
+            "--device", "cpu"]
+    base = naf(*args, "-o", str(tmp_path / "b.h5"))
+    assert base.returncode == 0, base.stderr
+    killed = naf(*args, "-o", str(tmp_path / "k.h5"), env={"NAF_TEST_KILL_AT": "published:1"})
+    assert killed.returncode == -signal.SIGKILL
+    with h5py.File(tmp_path / "k.h5", "r") as f:
+        assert len(dataset_names(f["features"])) == 4  # the first group of 4, whole
+    resumed = naf(*args, "-o", str(tmp_path / "k.h5"))
+    assert resumed.returncode == 0 and "4 done by an earlier run" in resumed.stdout, resumed.stderr
+    assert contents(tmp_path / "k.h5") == contents(tmp_path / "b.h5")
+    other = naf(*[("2" if arg == "4" else arg) for arg in args], "-o", str(tmp_path / "k.h5"))  # --batch-size 2
+    assert other.returncode == 2 and "batch_size=4" in other.stderr
+
+
+def test_a_batch_that_does_not_fit_is_split(photos, tmp_path):
+    from naf_cli.backbones import load_backbone
+    from naf_cli.pipeline import ExtractFeatures, HDF5FeatureSink, ImageSource, run_pipeline
+    from naf_cli.pipeline.progress import SilentProgress
+    from naf_cli.pipeline.transforms import BatchTooLarge
+
+    class TwoAtMost(ExtractFeatures):
+        """The real backbone transform, with a memory budget of two images a batch."""
+
+        def __init__(self, backbone):
+            super().__init__(backbone, long_side=224)
+            self.batches = []
+
+        def bucket_key(self, image, name=""):
+            return 0  # everything in one bucket, so the batch is the whole group
+
+        def run_batch(self, images, names=()):
+            if len(images) > 2:
+                raise BatchTooLarge(f"a batch of {len(images)}")
+            self.batches.append(list(names))
+            return [self.features([image])[1][0] for image in images]
+
+    transform = TwoAtMost(load_backbone("effnet-lite0"))
+    warnings = []
+    progress = SilentProgress()
+    progress.warn = warnings.append
+    summary = run_pipeline(ImageSource([photos]), transform, HDF5FeatureSink(tmp_path / "s.h5"), progress,
+                           batch_size=6, workers=0)
+    assert summary.done == 6
+    assert [len(b) for b in transform.batches] == [1, 2, 1, 2]  # 6 -> 3 + 3 -> (1 + 2) + (1 + 2)
+    assert sum("does not fit in memory" in w for w in warnings) == 1

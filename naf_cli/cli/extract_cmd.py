@@ -6,6 +6,7 @@ import typer
 
 from naf_cli.cli.feature_job import JobOptions, run_job
 from naf_cli.cli.options import (
+    BatchSize,
     Compression,
     Device,
     FilesFrom,
@@ -38,8 +39,9 @@ def extract(
     compression: Compression = "none",
     shard_images: ShardImages = None,
     workers: Workers = None,
+    batch_size: BatchSize = 1,
 ) -> None:
     """Store each image's low-resolution backbone features (with its path, size and hash)."""
     options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
-                         out_dtype, compression, shard_images, workers)
+                         out_dtype, compression, shard_images, workers, batch_size)
     raise typer.Exit(run_job(options, None))

@@ -36,6 +36,7 @@ class JobOptions:
     compression: str = "none"
     shard_images: int | None = None
     workers: int | None = None
+    batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _run(source: ImageSource, transform: Transform, sink: HDF5FeatureSink, optio
     if options.workers is not None and options.workers < 0:
         raise OptionError(f"--workers must be 0 or more, got {options.workers}")
     summary = run_pipeline(source, transform, sink, make_progress(), options.strict, {"command": command_line()},
-                           description, options.workers)
+                           description, options.workers, options.batch_size)
     _print_summary(summary)
     resumed = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""
     print(f"wrote {summary.done} image(s) to {summary.output}{resumed}")

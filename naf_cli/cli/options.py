@@ -38,6 +38,10 @@ Workers = Annotated[
     typer.Option("--workers", help="Processes decoding images ahead of the model; 0 decodes inline. [default: cores - 1, at most 4]",
                  show_default=False),
 ]
+BatchSize = Annotated[
+    int,
+    typer.Option("--batch-size", help="Images per forward pass, batched among same-size images (try 8-32 on a GPU)."),
+]
 ShardImages = Annotated[
     Optional[int],
     typer.Option("--shard-images", help="Images per shard file at most (default: a shard every 30 s or more); smaller loses less on a crash."),

@@ -9,6 +9,7 @@ import typer
 
 from naf_cli.cli.feature_job import JobOptions, UpsampleOptions, run_job
 from naf_cli.cli.options import (
+    BatchSize,
     Checkpoint,
     Compression,
     Device,
@@ -54,6 +55,7 @@ def upsample(
     compression: Compression = "none",
     shard_images: ShardImages = None,
     workers: Workers = None,
+    batch_size: BatchSize = 1,
 ) -> None:
     """Upsample the backbone features of every image into one HDF5 file.
 
@@ -61,5 +63,5 @@ def upsample(
     upsampled without a second backbone pass.
     """
     options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
-                         out_dtype, compression, shard_images, workers)
+                         out_dtype, compression, shard_images, workers, batch_size)
     raise typer.Exit(run_job(options, UpsampleOptions(upsampler, checkpoint, output_size, scale, image_root)))

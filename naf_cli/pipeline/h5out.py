@@ -149,6 +149,7 @@ class HDF5FeatureSink:
         self._shard: h5py.File | None = None
         self._shard_path: Path | None = None
         self._shard_names: list[str] = []
+        self._group_boundary = 0  # images of the current shard that belong to whole groups
         self._shard_started = 0.0
         self._next_shard = 0
         self._index_seconds = 0.0
@@ -228,10 +229,11 @@ class HDF5FeatureSink:
             raise RunError(f"cannot create {self._shard_path}: {err}; fix: check the space and permissions of {self.shards}") from err
         self._shard_started = time.monotonic()
         self._shard_names = []
+        self._group_boundary = 0
         return handle
 
     def write(self, name: str, features: torch.Tensor, attrs: Mapping[str, object]) -> None:
-        """Store features [C, H, W] under ``features/<name>``; publishes the shard when it is full."""
+        """Store features [C, H, W] under ``features/<name>`` in the current shard."""
         if self._shard is None:
             self._shard = self._open_shard()
         features = features.detach().to("cpu")
@@ -257,6 +259,16 @@ class HDF5FeatureSink:
             raise RunError(f"cannot write features of {name} to {self._shard_path}: {reason}; fix: free disk space, then "
                            f"rerun the same command to resume") from err
         self._shard_names.append(name)
+
+    def end_group(self) -> None:
+        """The images written so far form whole batches; publish the shard if it is full or due.
+
+        Shards close only here, so a shard never holds part of a batch: a resumed run then
+        batches the remaining images exactly as an uninterrupted run would.
+        """
+        self._group_boundary = len(self._shard_names)
+        if self._shard is None:
+            return
         full = self.shard_images is not None and len(self._shard_names) >= self.shard_images
         due = time.monotonic() - self._shard_started >= max(self.shard_seconds, INDEX_OVERHEAD * self._index_seconds)
         if full or due:
@@ -332,7 +344,17 @@ class HDF5FeatureSink:
                     self._shard_path.unlink(missing_ok=True)
             else:
                 with contextlib.suppress(Exception):
-                    self._close_shard()
+                    # images past the last whole batch are dropped: they are redone with their batch
+                    for name in self._shard_names[self._group_boundary:]:
+                        del self._shard[FEATURES_GROUP][name]
+                    del self._shard_names[self._group_boundary:]
+                    if self._shard_names:
+                        self._close_shard()
+                    else:
+                        self._shard.close()
+                        self._shard = None
+                        if self._shard_path is not None:
+                            self._shard_path.unlink(missing_ok=True)
         if self.links:
             with contextlib.suppress(RunError):
                 self._write_index(complete=False)

@@ -16,12 +16,13 @@ from typing import Protocol
 
 import torch
 
-from naf_cli.errors import ImageReadError, InputSkipped, RunError
+from naf_cli.errors import ImageReadError, InputSkipped, OptionError, RunError
+from naf_cli.images import DecodedImage
 from naf_cli.pipeline.memory import peak_bytes
 from naf_cli.pipeline.progress import Progress, TqdmProgress
-from naf_cli.pipeline.sources import ImageSource
+from naf_cli.pipeline.sources import ImageSource, InputItem
 from naf_cli.pipeline.streaming import BackgroundWriter, decoded_inputs, default_workers
-from naf_cli.pipeline.transforms import Transform
+from naf_cli.pipeline.transforms import Result, Transform
 
 
 class FeatureSink(Protocol):
@@ -37,6 +38,8 @@ class FeatureSink(Protocol):
     def begin(self, attrs: Mapping[str, object], total: int = 0) -> None: ...
 
     def write(self, name: str, features: torch.Tensor, attrs: Mapping[str, object]) -> None: ...
+
+    def end_group(self) -> None: ...
 
     def record_skip(self, name: str, reason: str) -> None: ...
 
@@ -79,18 +82,21 @@ def run_pipeline(
     run_attrs: Mapping[str, object] | None = None,
     description: str = "",
     workers: int | None = None,
+    batch_size: int = 1,
 ) -> RunSummary:
     """Run ``transform`` over every input of ``source`` into ``sink``; returns the summary.
 
     ``run_attrs`` are added to the output's root attributes (the CLI records its command line).
     ``workers`` decode ahead of the model (None: one core is left to the model, at most 4;
-    0: decode inline); writing runs on a thread behind it.
+    0: decode inline); writing runs on a thread behind it. Images of one group of
+    ``batch_size`` names that share a ``bucket_key`` run as one batch.
     """
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
     progress = progress or TqdmProgress()
     summary = RunSummary(sink.output, total=len(source))
     started = time.perf_counter()
-    animated_said = False
-    already_done = sink.prepare(run_settings(transform))
+    already_done = sink.prepare(run_settings(transform, batch_size))
     sink.begin({"kind": transform.kind, "source_root": str(source.root), **transform.file_attrs(), **(run_attrs or {})},
                total=len(source))
     progress.start(len(source), description or transform.kind)
@@ -100,42 +106,46 @@ def run_pipeline(
         if item.name in already_done:
             summary.resumed += 1
             progress.advance(item.name)
-    pending = [item for item in source if item.name not in already_done]
     workers = default_workers() if workers is None else workers
+    pending = [item for item in source if item.name not in already_done]
+    decoded = decoded_inputs(pending, workers, pin_memory=transform.device.type == "cuda")
     writer = BackgroundWriter(sink)
+    notes: set[str] = set()
     try:
-        for record in decoded_inputs(pending, workers, pin_memory=transform.device.type == "cuda"):
-            item = pending[record.index]
-            summary.decode_seconds += record.seconds
-            computing = time.perf_counter()
-            try:
+        # batches come from fixed groups of the global name order, whatever is already done, so
+        # a resumed run batches (and so computes) every image exactly as an uninterrupted run
+        for start in range(0, len(source), batch_size):
+            group = [item for item in source.items[start:start + batch_size] if item.name not in already_done]
+            records = [next(decoded) for _ in group]
+            ready: list[tuple[InputItem, DecodedImage, str]] = []
+            for item, record in zip(group, records, strict=True):
+                summary.decode_seconds += record.seconds
                 if record.image is None:
-                    raise ImageReadError(record.error)
-                image, digest = record.image, record.digest
-                result = transform(image, item.name)
-            except (ImageReadError, InputSkipped) as err:
-                # decode errors name the file themselves; refusals by a transform do not
-                reason = str(err) if isinstance(err, ImageReadError) else f"{item.path}: {err}"
-                if strict:
-                    raise RunError(f"{reason} (stopped by --strict; without it such inputs are skipped)") from err
-                summary.skipped.append((item.name, reason))
-                sink.record_skip(item.name, reason)
-                progress.warn(f"skipped: {reason}")
-                progress.advance(item.name)
-                continue
-            if image.frames > 1 and not animated_said:
-                progress.warn(f"note: {item.path} has {image.frames} frames; animated images use their first frame (said once)")
-                animated_said = True
-            for warning in result.warnings:
-                progress.warn(f"warning: {item.path}: {warning}")
+                    _skip(item, ImageReadError(record.error), strict, summary, sink, progress)
+                    continue
+                ready.append((item, record.image, record.digest))
+            computing = time.perf_counter()
+            results = _compute_group(ready, transform, strict, summary, sink, progress, notes)
             summary.compute_seconds += time.perf_counter() - computing
-            writer.write(item.name, result.features, {
-                "source_image": item.name, "source_path": str(item.path.absolute()),
-                "source_size": image.size, "source_sha256": digest, "source_bit_depth": image.bit_depth,
-                "source_frames": image.frames, "warnings": "; ".join(result.warnings), **result.attrs,
-            })
-            summary.done += 1
-            progress.advance(item.name)
+            # a group is written only when whole: a shard never holds part of one
+            for item, image, digest in ready:
+                if item.name not in results:
+                    continue
+                result = results[item.name]
+                if image.frames > 1 and "animated" not in notes:
+                    progress.warn(f"note: {item.path} has {image.frames} frames; animated images use their first frame (said once)")
+                    notes.add("animated")
+                for warning in result.warnings:
+                    progress.warn(f"warning: {item.path}: {warning}")
+                writer.write(item.name, result.features, {
+                    "source_image": item.name, "source_path": str(item.path.absolute()),
+                    "source_size": image.size, "source_sha256": digest, "source_bit_depth": image.bit_depth,
+                    "source_frames": image.frames, "warnings": "; ".join(result.warnings), **result.attrs,
+                })
+                summary.done += 1
+            writer.end_group()
+            for item in group:
+                progress.advance(item.name)
         writer.close()
     except BaseException:
         progress.close()
@@ -157,7 +167,60 @@ def run_pipeline(
 _LOCATION_KEYS = frozenset({"backbone_weights", "checkpoint", "features_from"})
 
 
-def run_settings(transform: Transform) -> dict[str, object]:
-    """What a resumed run must share with the run it continues: the transform's settings."""
+def run_settings(transform: Transform, batch_size: int = 1) -> dict[str, object]:
+    """What a resumed run must share with the run it continues: the transform's settings, and
+    the batch size (batched convolutions may differ from single ones in the last bits)."""
     attrs = {key: value for key, value in transform.file_attrs().items() if key not in _LOCATION_KEYS}
-    return {"kind": transform.kind, **attrs}
+    return {"kind": transform.kind, "batch_size": batch_size, **attrs}
+
+
+def _skip(item: InputItem, err: Exception, strict: bool, summary: RunSummary, sink: FeatureSink, progress: Progress) -> None:
+    """Record an input that cannot be used, or stop the run with ``--strict``."""
+    # decode errors name the file themselves; refusals by a transform do not
+    reason = str(err) if isinstance(err, ImageReadError) else f"{item.path}: {err}"
+    if strict:
+        raise RunError(f"{reason} (stopped by --strict; without it such inputs are skipped)") from err
+    summary.skipped.append((item.name, reason))
+    sink.record_skip(item.name, reason)
+    progress.warn(f"skipped: {reason}")
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def _compute_group(
+    ready: list[tuple[InputItem, DecodedImage, str]], transform: Transform, strict: bool, summary: RunSummary,
+    sink: FeatureSink, progress: Progress, notes: set[str],
+) -> dict[str, Result]:
+    """Results by name for one group: one batch per bucket, halved while it does not fit in memory."""
+    buckets: dict[object, list[tuple[InputItem, DecodedImage]]] = {}
+    for item, image, _ in ready:
+        buckets.setdefault(transform.bucket_key(image, item.name), []).append((item, image))
+    results: dict[str, Result] = {}
+    pending = list(buckets.values())
+    while pending:
+        batch = pending.pop(0)
+        try:
+            outputs = transform.run_batch([image for _, image in batch], [item.name for item, _ in batch])
+        except (InputSkipped, ImageReadError) as err:
+            _skip(batch[0][0], err, strict, summary, sink, progress)
+            continue
+        except (MemoryError, RuntimeError) as err:
+            if not _is_out_of_memory(err):
+                raise
+            if transform.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(batch) == 1:
+                _skip(batch[0][0], InputSkipped(f"out of memory ({err}); fix: a smaller --output-size or --scale"),
+                      strict, summary, sink, progress)
+                continue
+            if "oom" not in notes:
+                progress.warn(f"note: a batch of {len(batch)} does not fit in memory; retrying with smaller batches")
+                notes.add("oom")
+            half = len(batch) // 2
+            pending[:0] = [batch[:half], batch[half:]]
+            continue
+        for (item, _), output in zip(batch, outputs, strict=True):
+            results[item.name] = output
+    return results

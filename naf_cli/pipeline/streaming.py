@@ -85,7 +85,8 @@ class BackgroundWriter:
     def __init__(self, sink: FeatureSink) -> None:
         self.sink = sink
         self.seconds = 0.0
-        self._queue: queue.Queue[tuple[str, torch.Tensor, Mapping[str, object]] | None] = queue.Queue(WRITE_QUEUE)
+        # jobs: (name, features, attrs) to write, "group" for the end of a batch group, None to stop
+        self._queue: queue.Queue[tuple[str, torch.Tensor, Mapping[str, object]] | str | None] = queue.Queue(WRITE_QUEUE)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="naf-writer", daemon=True)
         self._thread.start()
@@ -99,7 +100,11 @@ class BackgroundWriter:
                 continue  # drain without writing after a failure
             started = time.perf_counter()
             try:
-                self.sink.write(*job)
+                if job == "group":
+                    self.sink.end_group()
+                else:
+                    assert not isinstance(job, str)
+                    self.sink.write(*job)
             except BaseException as err:  # handed to the caller
                 self._error = err
             self.seconds += time.perf_counter() - started
@@ -112,6 +117,11 @@ class BackgroundWriter:
     def write(self, name: str, features: torch.Tensor, attrs: Mapping[str, object]) -> None:
         self._raise()
         self._queue.put((name, features, attrs))
+
+    def end_group(self) -> None:
+        """Every write of the current batch group is queued (see ``HDF5FeatureSink.end_group``)."""
+        self._raise()
+        self._queue.put("group")
 
     def close(self) -> None:
         """Finish every queued write; raise the first error, if any."""

@@ -1,16 +1,18 @@
-"""Transforms: what the pipeline does to each decoded image.
+"""Transforms: what the pipeline does to decoded images, a batch at a time.
 
 - ``ExtractFeatures``: the backbone's low-resolution features;
 - ``UpsampleFeatures``: an upsampler over given low-resolution features, guided by the image;
 - ``ExtractAndUpsample``: the two composed (``naf upsample``);
 - ``UpsampleStored``: ``UpsampleFeatures`` over the features of an extract file (``naf upsample lr.h5``).
 
-Each returns a ``Result`` (features [C, H, W] on the CPU, per-image attributes, warnings)
-and describes itself in ``file_attrs`` for the output file.
+``run_batch(images, names)`` returns one ``Result`` per image (features [C, H, W] on the
+CPU, per-image attributes, warnings); images batched together must share ``bucket_key``,
+which is known before any model runs. ``file_attrs`` describes the transform for the output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +29,7 @@ from naf_cli.pipeline.sizes import ASPECT_WARNING, OutputSize, aspect_stretch, b
 from naf_cli.upsamplers import UpsamplerInfo
 
 AttrValue = str | int | float | tuple[int, ...] | tuple[float, ...]
+Size = tuple[int, int]
 
 
 @dataclass
@@ -46,7 +49,13 @@ class Transform(Protocol):
 
     def file_attrs(self) -> dict[str, AttrValue]: ...
 
-    def __call__(self, image: DecodedImage, name: str) -> Result: ...
+    def bucket_key(self, image: DecodedImage, name: str) -> Hashable: ...
+
+    def run_batch(self, images: Sequence[DecodedImage], names: Sequence[str]) -> list[Result]: ...
+
+
+class BatchTooLarge(MemoryError):
+    """A batch whose forward would not fit in the memory budget; the pipeline splits it."""
 
 
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -57,11 +66,14 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(batched, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
 
 
-def guidance_image(image: torch.Tensor, output_hw: tuple[int, int]) -> torch.Tensor:
-    """[B, 3, H_img, W_img] -> the photo at the output size when it has more pixels, else unchanged."""
-    if image.shape[-2] * image.shape[-1] > output_hw[0] * output_hw[1]:
-        return resize(image, output_hw)
-    return image
+def guidance_size(image_hw: Size, output_hw: Size) -> Size:
+    """The photo at the output size when it has more pixels than the output, else its own size."""
+    return output_hw if image_hw[0] * image_hw[1] > output_hw[0] * output_hw[1] else image_hw
+
+
+def guidance_image(image: torch.Tensor, output_hw: Size) -> torch.Tensor:
+    """[B, 3, H_img, W_img] -> the guidance for an output of ``output_hw`` (see ``guidance_size``)."""
+    return resize(image, guidance_size((int(image.shape[-2]), int(image.shape[-1])), output_hw))
 
 
 def model_device(module: torch.nn.Module) -> torch.device:
@@ -70,8 +82,12 @@ def model_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _stack(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    return torch.stack(list(tensors)).to(device, non_blocking=True)
+
+
 class ExtractFeatures:
-    """Image -> the backbone's features [C, h, w] of the image resized to ``long_side``."""
+    """Images -> the backbone's features [C, h, w] of each image resized to ``long_side``."""
 
     kind = "extract"
 
@@ -92,30 +108,43 @@ class ExtractFeatures:
             "backbone_mean": info.mean, "backbone_std": info.std,
         }
 
+    def input_size(self, image_hw: Size) -> Size:
+        return backbone_input_size(image_hw, self.backbone.info.patch_size, self.long_side)
+
+    def bucket_key(self, image: DecodedImage, name: str = "") -> Hashable:
+        return self.input_size(image.size)
+
     @torch.inference_mode()
-    def features(self, image: torch.Tensor) -> tuple[torch.Tensor, Result]:
-        """image [1, 3, H, W] on the backbone's device -> (features [1, C, h, w] there, Result on the CPU)."""
-        image_hw = (int(image.shape[-2]), int(image.shape[-1]))
-        in_size = backbone_input_size(image_hw, self.backbone.info.patch_size, self.long_side)
-        features = self.backbone(resize(image, in_size))
-        result = Result(features[0].float().cpu(), {"backbone_input_size": in_size, "feature_size": tuple(features.shape[-2:])})
-        stretch = aspect_stretch(image_hw, in_size)
-        if stretch > ASPECT_WARNING:
-            result.warnings.append(
-                f"extreme aspect ratio: {image_hw[1]}x{image_hw[0]} (WxH) reaches the backbone as "
-                f"{in_size[1]}x{in_size[0]}, stretched {stretch:.1f}x; its features are less reliable"
-            )
-        return features, result
+    def features(self, images: Sequence[DecodedImage]) -> tuple[torch.Tensor, list[Result]]:
+        """Images of one bucket -> (features [B, C, h, w] on the device, Results on the CPU)."""
+        in_size = self.input_size(images[0].size)
+        batch = _stack([resize(image.rgb(), in_size)[0] for image in images], self.device)
+        features = self.backbone(batch)
+        results = []
+        for image, one in zip(images, features.float().cpu(), strict=True):
+            result = Result(one, {"backbone_input_size": in_size, "feature_size": (int(one.shape[-2]), int(one.shape[-1]))})
+            stretch = aspect_stretch(image.size, in_size)
+            if stretch > ASPECT_WARNING:
+                result.warnings.append(
+                    f"extreme aspect ratio: {image.size[1]}x{image.size[0]} (WxH) reaches the backbone as "
+                    f"{in_size[1]}x{in_size[0]}, stretched {stretch:.1f}x; its features are less reliable"
+                )
+            results.append(result)
+        return features, results
+
+    def run_batch(self, images: Sequence[DecodedImage], names: Sequence[str] = ()) -> list[Result]:
+        return self.features(images)[1]
 
     def __call__(self, image: DecodedImage, name: str = "") -> Result:
-        return self.features(image.rgb()[None].to(self.device))[1]
+        return self.run_batch([image], [name])[0]
 
 
 class UpsampleFeatures:
-    """(image, low-resolution features) -> features at the size ``output_size`` gives.
+    """(images, low-resolution features) -> features at the size ``output_size`` gives.
 
-    The guidance image is the photo at the output size (the photo itself when smaller).
-    An output whose forward would not fit in memory is an ``InputSkipped``.
+    The guidance image is the photo at the output size (the photo itself when smaller). A
+    forward that would not fit in memory is refused: ``BatchTooLarge`` for a batch (the
+    pipeline splits it), ``InputSkipped`` for a single image.
     """
 
     kind = "upsample"
@@ -134,27 +163,30 @@ class UpsampleFeatures:
             attrs["scale"] = float(self.output_size.scale)
         return attrs
 
-    def check_memory(self, channels: int, out_size: tuple[int, int], device: torch.device) -> None:
-        need = self.upsampler.peak_bytes(channels, out_size)
+    def check_memory(self, channels: int, out_size: Size, device: torch.device, batch: int = 1) -> None:
+        need = self.upsampler.peak_bytes(channels, out_size, batch)
         have = available_bytes(device)
-        if need > have:
-            raise InputSkipped(
-                f"its {out_size[0]}x{out_size[1]} output with {channels} channels needs about {gib(need)}, "
-                f"more than the {gib(have)} available; fix: a smaller --output-size or --scale"
-            )
+        if need <= have:
+            return
+        if batch > 1:
+            raise BatchTooLarge(f"a batch of {batch} needs about {gib(need)}, {gib(have)} available")
+        raise InputSkipped(
+            f"its {out_size[0]}x{out_size[1]} output with {channels} channels needs about {gib(need)}, "
+            f"more than the {gib(have)} available; fix: a smaller --output-size or --scale"
+        )
 
     @torch.inference_mode()
-    def __call__(self, image: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """image [1, 3, H_img, W_img], features [1, C, h, w] (same device) -> ([1, C, H, W], (H, W))."""
+    def __call__(self, image: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, Size]:
+        """image [B, 3, H_img, W_img], features [B, C, h, w] (same device) -> ([B, C, H, W], (H, W))."""
         image_hw, grid_hw = (int(image.shape[-2]), int(image.shape[-1])), (int(features.shape[-2]), int(features.shape[-1]))
         out_size = self.output_size.resolve(image_hw, grid_hw)
-        self.check_memory(int(features.shape[1]), out_size, features.device)
+        self.check_memory(int(features.shape[1]), out_size, features.device, int(features.shape[0]))
         upsampled = self.upsampler(guidance_image(image, out_size), features, out_size)
         return upsampled, out_size
 
 
 class ExtractAndUpsample:
-    """Image -> backbone features -> upsampled features (``naf upsample``)."""
+    """Images -> backbone features -> upsampled features (``naf upsample``)."""
 
     kind = "upsample"
 
@@ -169,13 +201,26 @@ class ExtractAndUpsample:
     def file_attrs(self) -> dict[str, AttrValue]:
         return {**self.extract.file_attrs(), **self.upsample.file_attrs()}
 
+    def bucket_key(self, image: DecodedImage, name: str = "") -> tuple[Size, Size, Size]:
+        """(backbone input size, output size, guidance size)."""
+        in_size = self.extract.input_size(image.size)
+        patch = self.extract.backbone.info.patch_size
+        out_size = self.upsample.output_size.resolve(image.size, (in_size[0] // patch, in_size[1] // patch))
+        return in_size, out_size, guidance_size(image.size, out_size)
+
+    def run_batch(self, images: Sequence[DecodedImage], names: Sequence[str] = ()) -> list[Result]:
+        features, results = self.extract.features(images)
+        with torch.inference_mode():
+            _, out_size, guide = self.bucket_key(images[0])
+            guidance = _stack([resize(image.rgb(), guide)[0] for image in images], self.device)
+            upsampled, out_size = self.upsample(guidance, features)
+        for result, one in zip(results, upsampled.float().cpu(), strict=True):
+            result.features = one
+            result.attrs["output_size"] = out_size
+        return results
+
     def __call__(self, image: DecodedImage, name: str = "") -> Result:
-        rgb = image.rgb()[None].to(self.device)
-        features, result = self.extract.features(rgb)
-        upsampled, out_size = self.upsample(rgb, features)
-        result.features = upsampled[0].float().cpu()
-        result.attrs["output_size"] = out_size
-        return result
+        return self.run_batch([image], [name])[0]
 
 
 # backbone attributes an extract file carries over into the upsampled file
@@ -200,11 +245,26 @@ class UpsampleStored:
         carried = {key: self.stored.attrs[key] for key in STORED_BACKBONE_KEYS if key in self.stored.attrs}
         return {**carried, "features_from": str(self.stored.path.absolute()), **self.upsample.file_attrs()}
 
+    def bucket_key(self, image: DecodedImage, name: str) -> tuple[tuple[int, ...], Size, Size]:
+        """(stored features' shape, output size, guidance size)."""
+        shape = tuple(int(v) for v in self.stored.dataset(name).shape)
+        out_size = self.upsample.output_size.resolve(image.size, (int(shape[-2]), int(shape[-1])))
+        return shape, out_size, guidance_size(image.size, out_size)
+
+    @torch.inference_mode()
+    def run_batch(self, images: Sequence[DecodedImage], names: Sequence[str]) -> list[Result]:
+        _, out_size, guide = self.bucket_key(images[0], names[0])
+        low = _stack([torch.from_numpy(self.stored[name]).float() for name in names], self.device)
+        guidance = _stack([resize(image.rgb(), guide)[0] for image in images], self.device)
+        upsampled, out_size = self.upsample(guidance, low)
+        results = []
+        for name, one in zip(names, upsampled.float().cpu(), strict=True):
+            attrs: dict[str, AttrValue] = {"feature_size": (int(low.shape[-2]), int(low.shape[-1])), "output_size": out_size}
+            stored_size = self.stored.image_attrs(name).get("backbone_input_size")
+            if stored_size is not None:
+                attrs["backbone_input_size"] = tuple(int(v) for v in stored_size)
+            results.append(Result(one, attrs))
+        return results
+
     def __call__(self, image: DecodedImage, name: str = "") -> Result:
-        low = torch.from_numpy(self.stored[name]).float()[None].to(self.device)
-        upsampled, out_size = self.upsample(image.rgb()[None].to(self.device), low)
-        attrs: dict[str, AttrValue] = {"feature_size": (int(low.shape[-2]), int(low.shape[-1])), "output_size": out_size}
-        stored_size = self.stored.image_attrs(name).get("backbone_input_size")
-        if stored_size is not None:
-            attrs["backbone_input_size"] = tuple(int(v) for v in stored_size)
-        return Result(upsampled[0].float().cpu(), attrs)
+        return self.run_batch([image], [name])[0]
