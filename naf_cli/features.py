@@ -53,6 +53,7 @@ class FeatureFile(Mapping[str, np.ndarray]):
         if not isinstance(group, h5py.Group):
             raise NafError(f"{self.path} has no /{FEATURES_GROUP} group; {FIX}")
         self.names = list_datasets(group)
+        self._name_set = frozenset(self.names)
         self.attrs = {key: _plain(value) for key, value in handle.attrs.items()}
 
     def _handle(self) -> h5py.File:
@@ -85,7 +86,7 @@ class FeatureFile(Mapping[str, np.ndarray]):
         return len(self.names)
 
     def __contains__(self, name: object) -> bool:
-        return name in set(self.names)
+        return name in self._name_set
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():

@@ -173,14 +173,17 @@ class HDF5FeatureSink:
         if self.overwrite:
             self._remove_previous()
         elif run_file.is_file():
-            previous = json.loads(run_file.read_text())
-            for key in sorted(set(wanted) | set(previous)):
-                if previous.get(key) != wanted.get(key):
-                    raise OutputError(
-                        f"{self.output} was written with {key}={previous.get(key)!r}, this run has {key}={wanted.get(key)!r}; "
-                        f"fix: rerun with the same options to resume, or pass --overwrite to start again"
-                    )
-            return self._scan_shards()
+            done = self._scan_shards()
+            if done:  # finished work is protected: only the same settings may add to it
+                previous = json.loads(run_file.read_text())
+                for key in sorted(set(wanted) | set(previous)):
+                    if previous.get(key) != wanted.get(key):
+                        raise OutputError(
+                            f"{self.output} was written with {key}={previous.get(key)!r}, this run has "
+                            f"{key}={wanted.get(key)!r}; fix: rerun with the same options to resume, or pass "
+                            f"--overwrite to start again"
+                        )
+                return done
         self.shards.mkdir(exist_ok=True)
         tmp = run_file.with_name(RUN_FILE + ".tmp")
         tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))

@@ -203,12 +203,12 @@ def _compute_group(
         batch = pending.pop(0)
         try:
             outputs = transform.run_batch([image for _, image in batch], [item.name for item, _ in batch])
-        except (InputSkipped, ImageReadError) as err:
-            _skip(batch[0][0], err, strict, summary, sink, progress)
-            continue
-        except (MemoryError, RuntimeError) as err:
-            if not _is_out_of_memory(err):
+        except (InputSkipped, ImageReadError, MemoryError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and not _is_out_of_memory(err):
                 raise
+            if len(batch) == 1 and isinstance(err, InputSkipped | ImageReadError):
+                _skip(batch[0][0], err, strict, summary, sink, progress)
+                continue
             if transform.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(batch) == 1:

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,12 @@ class Decoded:
     digest: str
     error: str
     seconds: float
+
+    def pin_memory(self) -> Decoded:
+        """Called by DataLoader with ``pin_memory=True``: page-locked pixels copy to a GPU asynchronously."""
+        if self.image is not None:
+            self.image = replace(self.image, pixels=self.image.pixels.pin_memory())
+        return self
 
 
 class DecodedInputs(Dataset):

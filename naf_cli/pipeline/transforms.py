@@ -86,6 +86,12 @@ def _stack(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tenso
     return torch.stack(list(tensors)).to(device, non_blocking=True)
 
 
+def _resized(images: Sequence[DecodedImage], size: Size, device: torch.device) -> torch.Tensor:
+    """[B, 3, H, W] on ``device``: each image copied there (asynchronously from pinned memory),
+    then resized there."""
+    return torch.cat([resize(image.rgb().to(device, non_blocking=True), size) for image in images])
+
+
 class ExtractFeatures:
     """Images -> the backbone's features [C, h, w] of each image resized to ``long_side``."""
 
@@ -118,7 +124,7 @@ class ExtractFeatures:
     def features(self, images: Sequence[DecodedImage]) -> tuple[torch.Tensor, list[Result]]:
         """Images of one bucket -> (features [B, C, h, w] on the device, Results on the CPU)."""
         in_size = self.input_size(images[0].size)
-        batch = _stack([resize(image.rgb(), in_size)[0] for image in images], self.device)
+        batch = _resized(images, in_size, self.device)
         features = self.backbone(batch)
         results = []
         for image, one in zip(images, features.float().cpu(), strict=True):
@@ -212,7 +218,7 @@ class ExtractAndUpsample:
         features, results = self.extract.features(images)
         with torch.inference_mode():
             _, out_size, guide = self.bucket_key(images[0])
-            guidance = _stack([resize(image.rgb(), guide)[0] for image in images], self.device)
+            guidance = _resized(images, guide, self.device)
             upsampled, out_size = self.upsample(guidance, features)
         for result, one in zip(results, upsampled.float().cpu(), strict=True):
             result.features = one
@@ -255,7 +261,7 @@ class UpsampleStored:
     def run_batch(self, images: Sequence[DecodedImage], names: Sequence[str]) -> list[Result]:
         _, out_size, guide = self.bucket_key(images[0], names[0])
         low = _stack([torch.from_numpy(self.stored[name]).float() for name in names], self.device)
-        guidance = _stack([resize(image.rgb(), guide)[0] for image in images], self.device)
+        guidance = _resized(images, guide, self.device)
         upsampled, out_size = self.upsample(guidance, low)
         results = []
         for name, one in zip(names, upsampled.float().cpu(), strict=True):
