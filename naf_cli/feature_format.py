@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import h5py
 
 FEATURES_GROUP = "features"
@@ -19,3 +21,12 @@ def list_datasets(group: h5py.Group, prefix: str = "") -> list[str]:
         elif isinstance(node, h5py.Group):
             names.extend(list_datasets(node, name + "/"))
     return names
+
+
+def plain_attr(value: Any) -> Any:
+    """An attribute as JSON-friendly Python (arrays to lists, numpy scalars to numbers, bytes to text)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value

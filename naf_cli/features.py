@@ -16,17 +16,9 @@ import h5py
 import numpy as np
 
 from naf_cli.errors import NafError
-from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, list_datasets
+from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, list_datasets, plain_attr
 
 FIX = "fix: pass an .h5 file written by naf extract or naf upsample (docs/format.md)"
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
 
 
 class FeatureFile(Mapping[str, np.ndarray]):
@@ -54,7 +46,7 @@ class FeatureFile(Mapping[str, np.ndarray]):
             raise NafError(f"{self.path} has no /{FEATURES_GROUP} group; {FIX}")
         self.names = list_datasets(group)
         self._name_set = frozenset(self.names)
-        self.attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+        self.attrs = {key: plain_attr(value) for key, value in handle.attrs.items()}
 
     def _handle(self) -> h5py.File:
         # HDF5 handles must not cross a fork: each process opens its own
@@ -77,7 +69,7 @@ class FeatureFile(Mapping[str, np.ndarray]):
         return self.dataset(name)[()]
 
     def image_attrs(self, name: str) -> dict[str, Any]:
-        return {key: _plain(value) for key, value in self.dataset(name).attrs.items()}
+        return {key: plain_attr(value) for key, value in self.dataset(name).attrs.items()}
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)

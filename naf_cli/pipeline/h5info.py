@@ -8,22 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from naf_cli.errors import NafError
-from naf_cli.feature_format import FEATURES_GROUP, list_datasets
+from naf_cli.feature_format import FEATURES_GROUP, list_datasets, plain_attr
 
 RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_root", "out_dtype", "compression",
             "shard_folder")
 BACKBONE_KEYS = ("backbone", "backbone_timm", "backbone_weights", "backbone_weights_sha256", "patch_size", "channels",
                  "long_side")
 UPSAMPLER_KEYS = ("upsampler", "checkpoint", "checkpoint_sha256", "output_size_mode", "scale")
-
-
-def _plain(value: Any) -> Any:
-    """An attribute as JSON-friendly Python (arrays to lists, numpy scalars to numbers, bytes to text)."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -46,7 +37,7 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
     if not h5py.is_hdf5(path):
         raise NafError(f"{path} is not an HDF5 file; fix: pass the .h5 file written by naf extract or naf upsample")
     with h5py.File(path, "r") as handle:
-        attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+        attrs = {key: plain_attr(value) for key, value in handle.attrs.items()}
         datasets: list[dict[str, Any]] = []
         group = handle.get(FEATURES_GROUP)
         for name in list_datasets(group) if isinstance(group, h5py.Group) else []:
@@ -56,7 +47,7 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
                 "chunks": list(node.chunks) if node.chunks else None,
                 "compression": node.compression or "none",
                 "bytes_stored": int(node.id.get_storage_size()),
-                "source_path": _plain(node.attrs.get("source_path", "")),
+                "source_path": plain_attr(node.attrs.get("source_path", "")),
             })
     skipped = json.loads(attrs.get("skipped_images", "[]") or "[]")
     total = int(attrs.get("images_total", len(datasets) + len(skipped)))
