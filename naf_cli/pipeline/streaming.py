@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,6 +45,22 @@ class Decoded:
     error: str
     seconds: float
 
+    def __getstate__(self) -> dict[str, Any]:
+        # leaving a worker, pixels travel as a numpy array, pickled by value: tensors would
+        # travel as shared file descriptors, whose transfer breaks (with a traceback) when a
+        # Ctrl-C interrupts the receiving process mid-way
+        state = self.__dict__.copy()
+        if self.image is not None:
+            image = self.image
+            state["image"] = (image.pixels.numpy(), image.bit_depth, image.exif, image.frames, image.format)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["image"] is not None:
+            pixels, bit_depth, exif, frames, source_format = state["image"]
+            state["image"] = DecodedImage(torch.from_numpy(pixels), bit_depth, exif, frames, source_format)
+        self.__dict__.update(state)
+
     def pin_memory(self) -> Decoded:
         """Called by DataLoader with ``pin_memory=True``: page-locked pixels copy to a GPU asynchronously."""
         if self.image is not None:
@@ -69,6 +86,14 @@ class DecodedInputs(Dataset):
         return Decoded(index, image, digest, "", time.perf_counter() - started)
 
 
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """Ctrl-C and SIGTERM reach the whole process group; a worker killed by them mid-transfer
+    makes the main process print a traceback. The main process stops its workers itself (and
+    they exit when it dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _as_is(record: Any) -> Any:
     """DataLoader's ``collate_fn`` with ``batch_size=None``: one record, passed through."""
     return record
@@ -81,7 +106,7 @@ def decoded_inputs(items: Sequence[InputItem], workers: int, pin_memory: bool = 
         yield from (dataset[i] for i in range(len(dataset)))
         return
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=2,
-                        pin_memory=pin_memory)
+                        pin_memory=pin_memory, worker_init_fn=_leave_signals_to_the_main_process)
     yield from loader
 
 
