@@ -7,9 +7,11 @@ wait for the model, and at most ``WRITE_QUEUE`` results wait for the writer.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from naf_cli.pipeline.run import FeatureSink
 
 WRITE_QUEUE = 2
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def default_workers() -> int:
@@ -86,12 +89,22 @@ class DecodedInputs(Dataset):
         return Decoded(index, image, digest, "", time.perf_counter() - started)
 
 
-def _leave_signals_to_the_main_process(worker_id: int) -> None:
-    """Ctrl-C and SIGTERM reach the whole process group; a worker killed by them mid-transfer
-    makes the main process print a traceback. The main process stops its workers itself (and
-    they exit when it dies)."""
+def _worker_init(worker_id: int) -> None:
+    """Set up a decoding worker.
+
+    Ctrl-C reaches the whole process group: workers leave it to the main process, which
+    stops its workers itself (with SIGTERM, so that one keeps its default). And a worker
+    must never outlive the main process (``kill -9``, the OOM killer): blocked writing a
+    result nobody will read, it would hang on, holding memory and the terminal. On Linux
+    the kernel kills it then.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the main process died before the line above took effect
+        os._exit(1)
 
 
 def _as_is(record: Any) -> Any:
@@ -106,7 +119,7 @@ def decoded_inputs(items: Sequence[InputItem], workers: int, pin_memory: bool = 
         yield from (dataset[i] for i in range(len(dataset)))
         return
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=2,
-                        pin_memory=pin_memory, worker_init_fn=_leave_signals_to_the_main_process)
+                        pin_memory=pin_memory, worker_init_fn=_worker_init)
     yield from loader
 
 
