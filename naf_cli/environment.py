@@ -24,6 +24,23 @@ def natten_status() -> str:
     return f"{version}, {kernels}"
 
 
+def attention_report(device: str) -> dict[str, str]:
+    """Which attention backend NAF chooses at the paper's setting (features [384, 28, 28], x16)
+    on ``device``, and why each other backend would be refused."""
+    from naf_cli.modeling.attention import BACKENDS, AttentionProblem, choose_backend, refusals
+
+    problem = AttentionProblem(
+        batch=1, qk_dim=256, value_dim=384, out_size=(448, 448), low_size=(28, 28), num_heads=4, kernel_size=9,
+        device_type=torch.device(device).type, element_size=4, needs_grad=False,
+    )
+    chosen = choose_backend(problem)
+    report = {"attention backend": f"{chosen.name}: {chosen.description}"}
+    for name, reason in refusals(problem).items():
+        if name != chosen.name:
+            report[f"  {name}"] = f"refused: {reason}" if reason else f"can run, not chosen (lower preference: {BACKENDS[name].description})"
+    return report
+
+
 def environment_report(device: str = "cpu") -> dict[str, str]:
     cuda = torch.cuda.is_available()
     return {
@@ -33,6 +50,6 @@ def environment_report(device: str = "cpu") -> dict[str, str]:
         "device": device + (f" ({torch.cuda.get_device_name(0)})" if device.startswith("cuda") and cuda else ""),
         "cuda available": str(cuda),
         "natten": natten_status(),
-        "attention backend": "cell-grouped scaled_dot_product_attention (plain PyTorch, with autograd)",
+        **attention_report(device),
         "cpu threads": str(torch.get_num_threads()),
     }

@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 import naf_cli
+from naf_cli.cli.bench_cmd import bench
 from naf_cli.cli.env_cmds import env, models
 from naf_cli.cli.errors import debug_enabled, describe, set_debug
 from naf_cli.cli.extract_cmd import extract
@@ -53,8 +54,38 @@ def _install_signal_handlers() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
+# options that take several values after one flag (``--ratio 2 8 16``), per command
+GREEDY_OPTIONS: dict[str, tuple[str, ...]] = {
+    "bench": ("--ratio", "--upsampler", "--backend"),
+    "pca": ("--upsampler",),
+}
+
+
+def spread_greedy_options(args: list[str]) -> list[str]:
+    """``bench --ratio 2 8 16`` -> ``bench --ratio 2 --ratio 8 --ratio 16`` (click options take one
+    value per flag). Values run until the next token that starts with ``-``; ``--`` ends them."""
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    greedy = GREEDY_OPTIONS.get(command or "", ())
+    spread: list[str] = []
+    current: str | None = None
+    for arg in args:
+        if arg.startswith("-"):
+            current = arg if arg in greedy else None
+            if arg == "--":
+                current = None
+            spread.append(arg)
+        elif current is not None and spread[-1] != current:
+            spread += [current, arg]
+        else:
+            spread.append(arg)
+    return spread
+
+
 class NafGroup(TyperGroup):
     """Runs a subcommand; any exception it raises becomes one line on stderr and an exit code."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, spread_greedy_options(list(args)))
 
     def invoke(self, ctx: Any) -> Any:
         _install_signal_handlers()
@@ -95,12 +126,16 @@ def main(
 ) -> None:
     """Sharp, full-resolution features from any vision backbone with NAF."""
     set_debug(debug)
+    from naf_cli.allocator import keep_freed_memory
+
+    keep_freed_memory()
 
 
 app.command()(extract)
 app.command()(upsample)
 app.command()(info)
 app.command()(train)
+app.command()(bench)
 app.command()(env)
 app.command()(models)
 

@@ -58,8 +58,8 @@ class ImageEncoder(nn.Module):
         # reflect padding needs each side longer than the padding
         self.min_side = context_kernel // 2 + 1
 
-    def forward(self, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        """image: [B, 3, H_img, W_img], normalised, any size down to 1 x 1 -> queries [B, dim, H, W]."""
+    def prepare(self, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """The guidance image actually encoded: reduced by the 4x rule, 1-pixel sides grown."""
         target = guidance_size((int(image.shape[-2]), int(image.shape[-1])), output_size)
         if target is not None:
             image = F.interpolate(image, size=target, mode="bilinear", align_corners=False)
@@ -67,6 +67,14 @@ class ImageEncoder(nn.Module):
             # a 1-pixel side (a 1x1 or 1x500 photo): repeat its pixels up to the minimum
             grown = tuple(max(side, self.min_side) for side in image.shape[-2:])
             image = F.interpolate(image, size=grown, mode="nearest")
-        features = torch.cat((self.encoder(image), self.sem_encoder(image)), dim=1)
+        return image
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Prepared image [B, 3, Hg, Wg] -> both branches concatenated [B, dim, Hg, Wg]."""
+        return torch.cat((self.encoder(image), self.sem_encoder(image)), dim=1)
+
+    def forward(self, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """image: [B, 3, H_img, W_img], normalised, any size down to 1 x 1 -> queries [B, dim, H, W]."""
+        features = self.encode(self.prepare(image, output_size))
         features = F.adaptive_avg_pool2d(features, output_size)
         return self.rope(features)

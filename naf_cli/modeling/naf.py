@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
 from naf_cli.errors import ShapeError
-from naf_cli.modeling.attention import DEFAULT_CHUNK_BYTES, cross_scale_neighborhood_attention
+from naf_cli.modeling.attention import (
+    DEFAULT_CHUNK_BYTES,
+    AttentionBackend,
+    AttentionProblem,
+    choose_backend,
+    cross_scale_neighborhood_attention,
+    get_backend,
+)
+from naf_cli.modeling.encoder_bands import CPU_BAND_ROWS, encode_in_bands
 from naf_cli.modeling.guidance import ImageEncoder
+from naf_cli.modeling.queries import QueryRows
 from naf_cli.modeling.upsampler import Upsampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# work per band of output rows (queries, their grouped copy, results): small enough to stay in cache
+BAND_BYTES = 48 * 2**20
 
 
 class NAF(Upsampler):
@@ -34,11 +47,15 @@ class NAF(Upsampler):
         num_blocks: int = 2,
         context_kernel: int = 3,
         max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        attention_backend: str | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.kernel_size = kernel_size
         self.max_chunk_bytes = max_chunk_bytes
+        if attention_backend is not None:
+            get_backend(attention_backend)  # unknown names fail here, not at the first forward
+        self.attention_backend = attention_backend
         self.image_encoder = ImageEncoder(dim, num_blocks, context_kernel, num_heads)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -52,23 +69,99 @@ class NAF(Upsampler):
                 f"of {self.num_heads}, or use another upsampler (--upsampler bilinear)"
             )
 
-    def peak_bytes(self, channels: int, output_size: tuple[int, int], batch: int = 1) -> int:
-        """Estimated peak of one float32 forward: the output, the query map's copies at the
-        output size (encoder output, RoPE's rotations), plus the attention's chunk budget.
-
-        3.5 copies of the query map: measured peaks at x32 (docs/benchmarks.md) and x72 (the speed issue)
-        are 3.2 copies above the output.
-        """
-        pixels = batch * output_size[0] * output_size[1]
+    def peak_bytes(
+        self, channels: int, output_size: tuple[int, int], batch: int = 1, guidance_size: tuple[int, int] | None = None,
+    ) -> int:
+        """Estimated peak of one float32 inference forward: the output, the encoder's maps at
+        the guidance size (the output size when not given: the largest the pipeline uses),
+        the query map kept between the two passes when it fits the chunk budget, and the
+        attention's chunk budget."""
+        out_pixels = batch * output_size[0] * output_size[1]
+        guide = guidance_size if guidance_size is not None else output_size
+        guide_pixels = batch * guide[0] * guide[1]
         dim = self.image_encoder.rope.dim
-        return pixels * (channels + dim * 7 // 2) * 4 + self.max_chunk_bytes
+        encoder = guide_pixels * 2 * dim * 4
+        queries = min(out_pixels * dim * 4, self.max_chunk_bytes)
+        return out_pixels * channels * 4 + encoder + queries + self.max_chunk_bytes
+
+    def problem(self, features: torch.Tensor, output_size: tuple[int, int], needs_grad: bool = False) -> AttentionProblem:
+        """The attention problem of upsampling ``features`` to ``output_size``."""
+        queries = features.new_empty(features.shape[0], self.image_encoder.rope.dim, 0, 0)
+        low = (int(features.shape[-2]), int(features.shape[-1]))
+        return AttentionProblem.of(queries, features, output_size, low, self.num_heads, self.kernel_size, needs_grad)
+
+    def backend(self, features: torch.Tensor, output_size: tuple[int, int], needs_grad: bool = False) -> AttentionBackend:
+        """The attention backend this forward uses (``attention_backend``, or the chosen one)."""
+        return choose_backend(self.problem(features, output_size, needs_grad), self.attention_backend)
+
+    def _normalise(self, image: torch.Tensor) -> torch.Tensor:
+        return (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
 
     def queries_and_keys(self, image: torch.Tensor, low_size: tuple[int, int], output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries [B, dim, H, W] and keys [B, dim, h, w] from an image in [0, 1]."""
-        normalised = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
-        queries = self.image_encoder(normalised, output_size)
+        """Queries [B, dim, H, W] and keys [B, dim, h, w] from an image in [0, 1] (the module path, with autograd)."""
+        queries = self.image_encoder(self._normalise(image), output_size)
         keys = F.adaptive_avg_pool2d(queries, low_size)
         return queries, keys
+
+    def band_plan(self, features: torch.Tensor, output_size: tuple[int, int], band_rows: int | None = None) -> list[tuple[int, int]]:
+        """Output row ranges ``[r0, r1)`` computed one at a time.
+
+        Default: whole rows of cells, as many as fit ``BAND_BYTES`` of per-row work
+        (queries, their grouped copy, the result), at least one output row.
+        """
+        height, width = output_size
+        if band_rows is None:
+            batch, channels, low_h = features.shape[0], features.shape[1], features.shape[-2]
+            per_row = batch * width * (2 * self.image_encoder.rope.dim + 3 * channels) * 4
+            band_rows = max(1, BAND_BYTES // per_row)
+            cell = -(-height // low_h)
+            if band_rows >= cell:
+                band_rows -= band_rows % cell
+        return [(r0, min(height, r0 + band_rows)) for r0 in range(0, height, band_rows)]
+
+    def forward_bands(
+        self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int], band_rows: int | None = None,
+        out: torch.Tensor | None = None,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The output in horizontal bands: yields ``(r0, r1, rows)`` with rows [B, C, r1 - r0, W].
+
+        The encoder runs once on the guidance image (its GroupNorm statistics are those of
+        the whole image); queries are made band by band, after one pass that pools them
+        into the keys. The query map is kept between the passes only when it fits the
+        chunk budget, so memory beyond the encoder is bounded by the band, at any ratio.
+        Bands equal the rows of ``forward`` to float rounding. Inference only. With ``out``
+        ([B, C, H, W]) given, banded backends write each band into its rows, and the
+        yielded rows are views of it.
+        """
+        self.check_inputs(image, features)
+        height, width = int(output_size[0]), int(output_size[1])
+        low = (int(features.shape[-2]), int(features.shape[-1]))
+        backend = self.backend(features, (height, width))
+        plan = self.band_plan(features, (height, width), band_rows) if backend.banded else [(0, height)]
+        keep = features.shape[0] * height * width * self.image_encoder.rope.dim * 4 <= self.max_chunk_bytes
+        kept: dict[int, torch.Tensor] = {}
+        # no_grad around each step, never around a yield (that would leak into the caller)
+        with torch.no_grad():
+            guide = self.image_encoder.prepare(self._normalise(image), (height, width))
+            encoder_rows = CPU_BAND_ROWS if guide.device.type == "cpu" else int(guide.shape[-2])
+            rows = QueryRows(encode_in_bands(self.image_encoder, guide, encoder_rows), (height, width), self.image_encoder.rope)
+            column_pooled = []
+            for r0, r1 in plan:
+                queries = rows(r0, r1)
+                column_pooled.append(F.adaptive_avg_pool2d(queries, (r1 - r0, low[1])))
+                if keep:
+                    kept[r0] = queries
+            keys = F.adaptive_avg_pool2d(torch.cat(column_pooled, dim=2), low)
+            del column_pooled
+        for r0, r1 in plan:
+            with torch.no_grad():
+                queries = kept.pop(r0) if keep else rows(r0, r1)
+                band = backend.attend(
+                    queries, keys, features, row0=r0, out_height=height, num_heads=self.num_heads,
+                    kernel_size=self.kernel_size, max_chunk_bytes=self.max_chunk_bytes,
+                    out=None if out is None else out[:, :, r0:r1],
+                )
+            yield r0, r1, band
 
     def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         """Upsample features.
@@ -83,7 +176,16 @@ class NAF(Upsampler):
         """
         self.check_inputs(image, features)
         output_size = (int(output_size[0]), int(output_size[1]))
-        queries, keys = self.queries_and_keys(image, (int(features.shape[-2]), int(features.shape[-1])), output_size)
-        return cross_scale_neighborhood_attention(
-            queries, keys, features, self.num_heads, self.kernel_size, self.max_chunk_bytes
+        needs_grad = torch.is_grad_enabled() and (
+            image.requires_grad or features.requires_grad or any(p.requires_grad for p in self.parameters())
         )
+        if needs_grad:
+            queries, keys = self.queries_and_keys(image, (int(features.shape[-2]), int(features.shape[-1])), output_size)
+            return cross_scale_neighborhood_attention(
+                queries, keys, features, self.num_heads, self.kernel_size, self.max_chunk_bytes, self.attention_backend
+            )
+        out = features.new_empty(features.shape[0], features.shape[1], output_size[0], output_size[1])
+        for r0, r1, rows in self.forward_bands(image, features, output_size, out=out):
+            if rows.data_ptr() != out[:, :, r0:r1].data_ptr():
+                out[:, :, r0:r1] = rows  # a backend that does not write in place
+        return out

@@ -44,17 +44,47 @@ class RoPE2d(nn.Module):
         exponents = 2 * torch.arange(n_periods, dtype=torch.float32) / (self.head_dim // 2)
         self.register_buffer("periods", base**exponents, persistent=True)
 
-    def angles(self, height: int, width: int, scale: float = 1.0) -> torch.Tensor:
-        """Angles [H, W, head_dim] for an H x W grid."""
+    def half_angles(self, height: int, width: int, scale: float = 1.0, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Angles [r, W, head_dim / 2] of rows ``[r0, r1)`` (default: all) of an H x W grid:
+        the y angles then the x angles. ``angles`` repeats them twice."""
         y, x = grid_coordinates(height, width, self.periods.device)
+        if rows is not None:
+            y = y[rows[0]:rows[1]]
         y, x = y * scale, x * scale
         periods = self.periods.float()
-        ay = 2 * math.pi * y[:, None] / periods  # [H, P]
+        ay = 2 * math.pi * y[:, None] / periods  # [r, P]
         ax = 2 * math.pi * x[:, None] / periods  # [W, P]
-        half = torch.cat(
-            (ay[:, None, :].expand(height, width, -1), ax[None, :, :].expand(height, width, -1)), dim=-1
-        )
+        n = y.shape[0]
+        return torch.cat((ay[:, None, :].expand(n, width, -1), ax[None, :, :].expand(n, width, -1)), dim=-1)
+
+    def angles(self, height: int, width: int, scale: float = 1.0) -> torch.Tensor:
+        """Angles [H, W, head_dim] for an H x W grid."""
+        half = self.half_angles(height, width, scale)
         return torch.cat((half, half), dim=-1)
+
+    def rotate_rows(self, x: torch.Tensor, row0: int, height: int) -> torch.Tensor:
+        """Inference RoPE of rows ``[row0, row0 + r)`` of an ``height``-row grid.
+
+        x: [B, dim, r, W] -> [B, dim, r, W] in channels_last. Equal to ``forward`` on the
+        whole map, cut to those rows; the rotation ``[x1, x2] -> [x1 c - x2 s, x2 c + x1 s]``
+        is done on the halves in place of ``rotate_half`` (same values, fewer passes).
+        """
+        batch, dim, n_rows, width = x.shape
+        if dim != self.dim:
+            raise ValueError(f"RoPE2d expects {self.dim} channels, got {dim}")
+        theta = self.half_angles(height, width, rows=(row0, row0 + n_rows))  # [r, W, half]
+        cos, sin = theta.cos().to(x.dtype)[:, :, None], theta.sin().to(x.dtype)[:, :, None]
+        half = self.head_dim // 2
+        x = x.contiguous(memory_format=torch.channels_last)
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        source = x.permute(0, 2, 3, 1).view(batch, n_rows, width, self.num_heads, 2, half)
+        target = out.permute(0, 2, 3, 1).view(batch, n_rows, width, self.num_heads, 2, half)
+        x1, x2, o1, o2 = source[..., 0, :], source[..., 1, :], target[..., 0, :], target[..., 1, :]
+        torch.mul(x1, cos, out=o1)
+        o1.addcmul_(x2, sin, value=-1)
+        torch.mul(x2, cos, out=o2)
+        o2.addcmul_(x1, sin)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, dim, H, W] -> [B, dim, H, W]."""

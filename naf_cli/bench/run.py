@@ -1,0 +1,67 @@
+"""A benchmark table: every case checked, predicted, then measured (or said why not)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from naf_cli.bench.cases import FLOOR, NO_BACKEND, BenchCase, case_flops, case_params, output_bytes, predicted_bytes
+from naf_cli.bench.measure import measure, measure_isolated
+from naf_cli.modeling import NAF
+from naf_cli.modeling.attention import AttentionProblem, refusals
+from naf_cli.pipeline.memory import available_bytes, gib
+
+# rows predicted to need more than this share of the available memory are not attempted
+MEMORY_MARGIN = 0.9
+
+
+def backend_refusal(case: BenchCase, model: NAF) -> tuple[str, str | None]:
+    """(backend name shown in the row, why it cannot run or None)."""
+    if case.upsampler != "naf":
+        return NO_BACKEND, None
+    features = torch.empty(case.batch, case.channels, case.lr_size, case.lr_size, device="meta")
+    size = (case.output_size, case.output_size)
+    if case.backend == "auto":
+        return model.backend(features, size).name + " (auto)", None
+    queries = torch.empty(case.batch, model.image_encoder.rope.dim, 0, 0, device="meta")
+    problem = AttentionProblem.of(queries, features, size, (case.lr_size,) * 2, model.num_heads, model.kernel_size)
+    problem = AttentionProblem(**{**problem.__dict__, "device_type": torch.device(case.device).type})
+    return case.backend, refusals(problem).get(case.backend, f"unknown backend '{case.backend}'")
+
+
+def base_row(case: BenchCase, backend: str, model: NAF) -> dict[str, object]:
+    return {
+        "upsampler": case.upsampler, "backend": backend, "ratio": case.ratio, "output_size": case.output_size,
+        "channels": case.channels, "lr_size": case.lr_size, "batch": case.batch,
+        "precision": "fp32" if case.upsampler == FLOOR else case.precision, "device": case.device,
+        "guidance_size": case.guidance[0], "banded": case.banded,
+        "ms_per_image": None, "fps": None, "peak_memory_mb": None,
+        "gflops": round(case_flops(case, model) / 1e9, 6), "params": case_params(case, model),
+        "output_mb": round((0 if case.banded or case.upsampler == FLOOR else output_bytes(case)) / 2**20, 1),
+    }
+
+
+def run_bench(
+    cases: list[BenchCase], repeats: int, warmup: int, on_row: Callable[[int, int, BenchCase], None] | None = None,
+) -> list[dict[str, object]]:
+    """One row per case. CPU rows each run in a fresh process; CUDA rows run here with the
+    peak statistics reset per row."""
+    model = NAF()
+    rows = []
+    for index, case in enumerate(cases):
+        if on_row is not None:
+            on_row(index, len(cases), case)
+        backend, refusal = backend_refusal(case, model)
+        row = base_row(case, backend, model)
+        need, have = predicted_bytes(case, model), available_bytes(torch.device(case.device))
+        if refusal is not None:
+            row["status"] = f"refused: {refusal}"
+        elif need > MEMORY_MARGIN * have:
+            row["status"] = f"skipped: predicted {gib(need)}, {gib(have)} available"
+        else:
+            measured = measure(case, repeats, warmup) if case.device.startswith("cuda") else measure_isolated(case, repeats, warmup)
+            measured.setdefault("status", "ok")
+            row.update(measured)
+        rows.append(row)
+    return rows

@@ -1,0 +1,111 @@
+"""`naf bench` through the real CLI: rows, sizes, parameters and FLOPs checked against
+independent counts, rows refused or skipped with reasons. Nothing here is timed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from naf_cli.cli.app import spread_greedy_options
+from naf_cli.modeling import NAF
+
+CLI = [sys.executable, "-m", "naf_cli"]
+SMALL = ["--channels", "8", "--lr-size", "6", "--image-size", "24", "--repeats", "1", "--warmup", "0"]
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "bench", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_greedy_options_take_several_values():
+    args = ["bench", "--ratio", "2", "8", "16", "--json", "--upsampler", "naf", "bilinear", "--channels", "8"]
+    assert spread_greedy_options(args) == [
+        "bench", "--ratio", "2", "--ratio", "8", "--ratio", "16", "--json",
+        "--upsampler", "naf", "--upsampler", "bilinear", "--channels", "8",
+    ]
+    assert spread_greedy_options(["upsample", "a", "b", "--scale", "4"]) == ["upsample", "a", "b", "--scale", "4"]
+
+
+@pytest.fixture(scope="module")
+def report():
+    result = _bench("--ratio", "2", "2.5", "--upsampler", "naf", "bilinear", "--backend", "cells", "reference", *SMALL, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "[1/8]" in result.stderr  # progress on stderr, results alone on stdout
+    return json.loads(result.stdout)
+
+
+def _flops_of(fn) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops()
+
+
+def test_one_row_per_upsampler_backend_and_ratio_with_a_floor_first(report):
+    keys = [(r["upsampler"], r["backend"], r["ratio"]) for r in report["rows"]]
+    assert keys == [
+        ("floor", "-", 2.0), ("naf", "cells", 2.0), ("naf", "reference", 2.0), ("bilinear", "-", 2.0),
+        ("floor", "-", 2.5), ("naf", "cells", 2.5), ("naf", "reference", 2.5), ("bilinear", "-", 2.5),
+    ]
+    machine = report["machine"]
+    assert machine["device"] == "cpu" and machine["cores"] >= 1 and machine["torch"] == torch.__version__
+    assert isinstance(machine["cpu_flags"], list) and machine["cpu"]
+
+
+def test_sizes_parameters_and_flops(report):
+    model = NAF()
+    convs = [m for m in model.image_encoder.modules() if isinstance(m, nn.Conv2d)]
+    conv_params = sum(p.numel() for c in convs for p in c.parameters())
+    for row in report["rows"]:
+        assert row["output_size"] == round(6 * row["ratio"])
+        assert row["channels"] == 8 and row["lr_size"] == 6 and row["batch"] == 1
+        assert row["params"] == {"naf": 662_528, "bilinear": 0, "floor": conv_params}[row["upsampler"]]
+        size = (row["output_size"], row["output_size"])
+        image, features = torch.rand(1, 3, 24, 24), torch.randn(1, 8, 6, 6)
+        if row["upsampler"] == "naf" and row["status"] == "ok":
+            counted = _flops_of(lambda size=size, image=image, features=features: model(image, features, size))
+        elif row["upsampler"] == "floor":
+            guide = model.image_encoder.prepare(image, size)
+            counted = _flops_of(lambda guide=guide: model.image_encoder.encode(guide))
+        else:
+            counted = 0
+        # at a non-integer ratio the cells backend also multiplies padding slots, which the
+        # analytic count (useful work) leaves out
+        if row["ratio"] == int(row["ratio"]) or row["upsampler"] != "naf":
+            assert row["gflops"] == pytest.approx(counted / 1e9, rel=1e-4, abs=1e-6), row
+
+
+def test_measured_rows_have_times_and_peaks(report):
+    for row in report["rows"]:
+        if row["status"] != "ok":
+            continue
+        assert row["ms_per_image"] > 0 and row["fps"] == pytest.approx(1000 / row["ms_per_image"], rel=0.01)
+        assert row["peak_memory_mb"] >= 0 and row["precision"] == "fp32" and row["device"] == "cpu"
+
+
+def test_a_backend_that_cannot_run_is_refused_with_its_reason(report):
+    refused = [r for r in report["rows"] if r["status"] != "ok"]
+    assert [(r["backend"], r["ratio"]) for r in refused] == [("reference", 2.5)]
+    assert "not a whole number" in refused[0]["status"] and refused[0]["ms_per_image"] is None
+
+
+def test_rows_that_would_not_fit_are_listed_not_run():
+    result = _bench("--ratio", "4000", "--upsampler", "bilinear", "--no-floor", *SMALL[4:], "--channels", "384", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"].startswith("skipped: predicted") and row["output_size"] == 112_000 and row["ms_per_image"] is None
+
+
+def test_table_and_bad_options():
+    result = _bench("--ratio", "2", "--upsampler", "bilinear", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "bilinear" in result.stdout and "floor" in result.stdout and "x2" in result.stdout
+    bad = _bench("--precision", "fp8")
+    assert bad.returncode == 2 and "--precision must be one of fp32, bf16, fp16" in bad.stderr
+    bad = _bench("--backend", "fused")
+    assert bad.returncode == 2 and "unknown attention backend 'fused'" in bad.stderr
