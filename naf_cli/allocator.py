@@ -15,7 +15,7 @@ import functools
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest value glibc accepts on 64-bit systems
-TRIM_THRESHOLD = 1 << 30
+TRIM_THRESHOLD = 256 * 2**20
 
 
 @functools.cache

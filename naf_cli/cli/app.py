@@ -20,6 +20,7 @@ from naf_cli.cli.env_cmds import env, models
 from naf_cli.cli.errors import debug_enabled, describe, set_debug
 from naf_cli.cli.extract_cmd import extract
 from naf_cli.cli.info_cmd import info
+from naf_cli.cli.pca_cmd import pca
 from naf_cli.cli.train_cmd import train
 from naf_cli.cli.upsample_cmd import upsample
 
@@ -57,7 +58,7 @@ def _install_signal_handlers() -> None:
 # options that take several values after one flag (``--ratio 2 8 16``), per command
 GREEDY_OPTIONS: dict[str, tuple[str, ...]] = {
     "bench": ("--ratio", "--upsampler", "--backend"),
-    "pca": ("--upsampler",),
+    "pca": ("--upsampler", "--components"),
 }
 
 
@@ -136,6 +137,7 @@ app.command()(upsample)
 app.command()(info)
 app.command()(train)
 app.command()(bench)
+app.command()(pca)
 app.command()(env)
 app.command()(models)
 

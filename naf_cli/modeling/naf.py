@@ -18,7 +18,7 @@ from naf_cli.modeling.attention import (
 )
 from naf_cli.modeling.encoder_bands import CPU_BAND_ROWS, encode_in_bands
 from naf_cli.modeling.guidance import ImageEncoder
-from naf_cli.modeling.queries import QueryRows
+from naf_cli.modeling.queries import QueryRows, pool_columns
 from naf_cli.modeling.upsampler import Upsampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -140,6 +140,7 @@ class NAF(Upsampler):
         plan = self.band_plan(features, (height, width), band_rows) if backend.banded else [(0, height)]
         keep = features.shape[0] * height * width * self.image_encoder.rope.dim * 4 <= self.max_chunk_bytes
         kept: dict[int, torch.Tensor] = {}
+        cache: dict[str, object] = {}  # the backend's work shared between bands of this output
         # no_grad around each step, never around a yield (that would leak into the caller)
         with torch.no_grad():
             guide = self.image_encoder.prepare(self._normalise(image), (height, width))
@@ -148,7 +149,7 @@ class NAF(Upsampler):
             column_pooled = []
             for r0, r1 in plan:
                 queries = rows(r0, r1)
-                column_pooled.append(F.adaptive_avg_pool2d(queries, (r1 - r0, low[1])))
+                column_pooled.append(pool_columns(queries, low[1]))
                 if keep:
                     kept[r0] = queries
             keys = F.adaptive_avg_pool2d(torch.cat(column_pooled, dim=2), low)
@@ -159,7 +160,7 @@ class NAF(Upsampler):
                 band = backend.attend(
                     queries, keys, features, row0=r0, out_height=height, num_heads=self.num_heads,
                     kernel_size=self.kernel_size, max_chunk_bytes=self.max_chunk_bytes,
-                    out=None if out is None else out[:, :, r0:r1],
+                    out=None if out is None else out[:, :, r0:r1], cache=cache,
                 )
             yield r0, r1, band
 

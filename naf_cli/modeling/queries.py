@@ -25,20 +25,46 @@ def pooling_bins(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     return start, end - start
 
 
-def pool_rows(x: torch.Tensor, row0: int, row1: int, n_out: int) -> torch.Tensor:
-    """Rows ``[row0, row1)`` of ``x`` [B, C, n_in, W] adaptive-average-pooled to ``n_out`` rows."""
-    n_in = x.shape[2]
+def pool_axis(x: torch.Tensor, dim: int, start: int, stop: int, n_out: int) -> torch.Tensor:
+    """Positions ``[start, stop)`` of ``x`` adaptive-average-pooled along ``dim`` to ``n_out``.
+
+    A weighted sum of at most ``max bin length`` gathered slices: cheap when enlarging (bins
+    of one or two) and for mild reductions; ``column_means`` handles whole-ratio reductions.
+    """
+    n_in = x.shape[dim]
     if n_in == n_out:
-        return x[:, :, row0:row1]
-    start, length = (t[row0:row1].to(x.device) for t in pooling_bins(n_in, n_out))
+        return x.narrow(dim, start, stop - start)
+    if x.ndim == 4 and dim in (2, 3) and x.is_contiguous(memory_format=torch.channels_last):
+        # gather whole channel vectors (contiguous in this layout), not single values
+        return pool_axis(x.permute(0, 2, 3, 1), dim - 1, start, stop, n_out).permute(0, 3, 1, 2)
+    first, length = (t[start:stop].to(x.device) for t in pooling_bins(n_in, n_out))
+    shape = [1] * x.ndim
+    shape[dim] = stop - start
     pooled = None
     for step in range(int(length.max())):
-        index = torch.minimum(start + step, start + length - 1)
-        weight = ((step < length).to(x.dtype) / length.to(x.dtype))[None, None, :, None]
-        term = x.index_select(2, index) * weight
+        index = torch.minimum(first + step, first + length - 1)
+        weight = ((step < length).to(x.dtype) / length.to(x.dtype)).view(shape)
+        term = x.index_select(dim, index) * weight
         pooled = term if pooled is None else pooled.add_(term)
     assert pooled is not None
     return pooled
+
+
+def pool_rows(x: torch.Tensor, row0: int, row1: int, n_out: int) -> torch.Tensor:
+    """Rows ``[row0, row1)`` of ``x`` [B, C, n_in, W] adaptive-average-pooled to ``n_out`` rows."""
+    return pool_axis(x, 2, row0, row1, n_out)
+
+
+def pool_columns(x: torch.Tensor, n_out: int) -> torch.Tensor:
+    """``x`` [B, C, r, W] adaptive-average-pooled to ``n_out`` columns (rows unchanged)."""
+    width = x.shape[-1]
+    if width % n_out == 0:
+        # whole bins of equal length: a mean over a view, with channels innermost
+        pixels_last = x.permute(0, 2, 3, 1)
+        return pixels_last.unflatten(2, (n_out, width // n_out)).mean(3).permute(0, 3, 1, 2)
+    if n_out >= width // 2:
+        return pool_axis(x, 3, 0, n_out, n_out)
+    return F.adaptive_avg_pool2d(x, (x.shape[-2], n_out))
 
 
 class QueryRows:
@@ -51,7 +77,5 @@ class QueryRows:
         self.rope = rope
 
     def __call__(self, row0: int, row1: int) -> torch.Tensor:
-        pooled = pool_rows(self.encoded, row0, row1, self.height)
-        if pooled.shape[-1] != self.width:
-            pooled = F.adaptive_avg_pool2d(pooled, (row1 - row0, self.width))
+        pooled = pool_columns(pool_rows(self.encoded, row0, row1, self.height), self.width)
         return self.rope.rotate_rows(pooled, row0, self.height)

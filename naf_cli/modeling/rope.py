@@ -62,6 +62,18 @@ class RoPE2d(nn.Module):
         half = self.half_angles(height, width, scale)
         return torch.cat((half, half), dim=-1)
 
+    def rows_cos_sin(self, height: int, width: int, row0: int, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [r, W, head_dim / 2] of ``half_angles`` for rows ``[row0, row0 + r)``,
+        computed on the per-row and per-column angles and then broadcast."""
+        y, x = grid_coordinates(height, width, self.periods.device)
+        periods = self.periods.float()
+        ay = 2 * math.pi * y[row0:row0 + n_rows, None] / periods  # [r, P]
+        ax = 2 * math.pi * x[:, None] / periods  # [W, P]
+        size = (n_rows, width, periods.shape[0])
+        cos = torch.cat((ay.cos()[:, None].expand(size), ax.cos()[None].expand(size)), dim=-1)
+        sin = torch.cat((ay.sin()[:, None].expand(size), ax.sin()[None].expand(size)), dim=-1)
+        return cos, sin
+
     def rotate_rows(self, x: torch.Tensor, row0: int, height: int) -> torch.Tensor:
         """Inference RoPE of rows ``[row0, row0 + r)`` of an ``height``-row grid.
 
@@ -72,8 +84,7 @@ class RoPE2d(nn.Module):
         batch, dim, n_rows, width = x.shape
         if dim != self.dim:
             raise ValueError(f"RoPE2d expects {self.dim} channels, got {dim}")
-        theta = self.half_angles(height, width, rows=(row0, row0 + n_rows))  # [r, W, half]
-        cos, sin = theta.cos().to(x.dtype)[:, :, None], theta.sin().to(x.dtype)[:, :, None]
+        cos, sin = (t.to(x.dtype)[:, :, None] for t in self.rows_cos_sin(height, width, row0, n_rows))
         half = self.head_dim // 2
         x = x.contiguous(memory_format=torch.channels_last)
         out = torch.empty_like(x, memory_format=torch.channels_last)

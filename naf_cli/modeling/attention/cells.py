@@ -66,6 +66,27 @@ def _windows(x: torch.Tensor, window_rows: torch.Tensor, window_cols: torch.Tens
     return rows.unfold(4, kw, 1).index_select(4, window_cols[:, 0])
 
 
+def _cell_row_windows(
+    k: torch.Tensor, v: torch.Tensor, window_rows: torch.Tensor, window_cols: torch.Tensor, scale: float,
+    cache: dict[str, object] | None, row: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row of cells' windows: keys transposed and scaled [B*heads*w, d, window], values
+    [B*heads*w, dv, window]; taken from ``cache`` when the previous band used the same row."""
+    if cache is not None and cache.get("cell_row") == row:
+        kept = cache["windows"]
+        assert isinstance(kept, tuple)
+        return kept
+    batch, heads, head_qk, _, w = k.shape
+    window = window_rows.shape[0] * window_cols.shape[1]
+    k_win = _windows(k, window_rows, window_cols).permute(0, 1, 4, 2, 3, 5)
+    k_win = k_win.reshape(batch * heads * w, head_qk, window).mul_(scale)
+    v_win = _windows(v, window_rows, window_cols).permute(0, 1, 4, 2, 3, 5)
+    v_win = v_win.reshape(batch * heads * w, v.shape[2], window)
+    if cache is not None:
+        cache["cell_row"], cache["windows"] = row, (k_win, v_win)
+    return k_win, v_win
+
+
 def _softmax_logits(q: torch.Tensor, k_win: torch.Tensor, scratch: list[torch.Tensor]) -> torch.Tensor:
     """``softmax(q @ k_win)`` over the last dimension.
 
@@ -97,7 +118,7 @@ class CellsBackend:
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
         row0: int, out_height: int, num_heads: int, kernel_size: int, max_chunk_bytes: int,
-        out: torch.Tensor | None = None,
+        out: torch.Tensor | None = None, cache: dict[str, object] | None = None,
     ) -> torch.Tensor:
         """Rows ``[row0, row0 + r)`` of the output.
 
@@ -106,6 +127,8 @@ class CellsBackend:
             key: [B, D, h, w]. value: [B, C, h, w].
             out_height: H, the height of the whole output.
             out: [B, C, r, W] to write into (rows of a larger output), or None.
+            cache: kept by the caller across the bands of one output: a row of cells split
+                over several bands gathers its windows once.
 
         Returns:
             [B, C, r, W] (``out`` when given).
@@ -134,11 +157,7 @@ class CellsBackend:
                 break
             if rb <= ra:
                 continue
-            # this cell row's windows: keys [B*heads*w, d, window] (transposed, scaled), values [B*heads*w, dv, window]
-            k_win = _windows(k, rows.window[i], cols.window).permute(0, 1, 4, 2, 3, 5)
-            k_win = k_win.reshape(batch * num_heads * w, head_qk, window).mul_(scale)
-            v_win = _windows(v, rows.window[i], cols.window).permute(0, 1, 4, 2, 3, 5)
-            v_win = v_win.reshape(batch * num_heads * w, head_v, window)
+            k_win, v_win = _cell_row_windows(k, v, rows.window[i], cols.window, scale, cache, i)
             for c0 in range(ra, rb, chunk_rows):
                 c1 = min(rb, c0 + chunk_rows)
                 m = c1 - c0

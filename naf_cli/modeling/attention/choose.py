@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from naf_cli.errors import UnknownNameError
+from naf_cli.errors import OptionError, UnknownNameError
 from naf_cli.modeling.attention.cells import CellsBackend
 from naf_cli.modeling.attention.natten_route import NattenBackend
 from naf_cli.modeling.attention.problem import AttentionProblem
@@ -27,10 +27,11 @@ class AttentionBackend(Protocol):
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
         row0: int, out_height: int, num_heads: int, kernel_size: int, max_chunk_bytes: int,
-        out: torch.Tensor | None = None,
+        out: torch.Tensor | None = None, cache: dict[str, object] | None = None,
     ) -> torch.Tensor:
         """query [B, D, r, W] (output rows ``[row0, row0 + r)``), key [B, D, h, w], value [B, C, h, w] -> [B, C, r, W],
-        written into ``out`` when given."""
+        written into ``out`` when given. ``cache``: a dict the caller keeps across the bands of
+        one output (and only those), where a backend may keep work shared between bands."""
 
 
 # Order of preference. A fused GPU kernel would go first, with a refusal off CUDA.
@@ -39,7 +40,7 @@ BACKENDS: dict[str, AttentionBackend] = {
 }
 
 
-class BackendError(ValueError):
+class BackendError(OptionError):
     """The requested attention backend cannot run this problem."""
 
 

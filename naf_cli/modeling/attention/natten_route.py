@@ -26,6 +26,17 @@ def _heads_last(t: torch.Tensor, num_heads: int, width: int) -> torch.Tensor:
     return F.pad(heads, (0, width - dim // num_heads)).contiguous()
 
 
+# the largest dense mask natten's uncompiled flex route may build (8 bytes per query-key pair)
+FLEX_MASK_LIMIT = 2 * 2**30
+
+
+def _compiled() -> bool:
+    """Whether natten has its compiled (libnatten) kernels."""
+    import natten
+
+    return bool(getattr(natten, "HAS_LIBNATTEN", False))
+
+
 def _head_width(size: int) -> int:
     """The power of two, at least 8, that holds ``size`` channels."""
     return max(8, 1 << (size - 1).bit_length())
@@ -49,6 +60,12 @@ class NattenBackend:
         widest = max(problem.qk_dim, problem.value_dim) // problem.num_heads
         if _head_width(widest) > 512:
             return f"heads of {widest} channels exceed natten's 512"
+        if problem.device_type == "cpu" and not _compiled():
+            positions = problem.out_size[0] * problem.out_size[1]
+            mask_bytes = 8 * positions * positions
+            if mask_bytes > FLEX_MASK_LIMIT:
+                return (f"without compiled kernels natten's CPU route (flex attention, not compiled) builds a dense "
+                        f"{positions}x{positions} mask, {mask_bytes / 2**30:.1f} GiB here")
         if problem.needs_grad and problem.device_type == "cpu":
             return "natten has no backward pass on CPU"
         return None
@@ -56,7 +73,7 @@ class NattenBackend:
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
         row0: int, out_height: int, num_heads: int, kernel_size: int, max_chunk_bytes: int,
-        out: torch.Tensor | None = None,
+        out: torch.Tensor | None = None, cache: dict[str, object] | None = None,
     ) -> torch.Tensor:
         """The whole output: query [B, D, H, W] (``row0`` 0), key [B, D, h, w], value [B, C, h, w] -> [B, C, H, W]."""
         import natten

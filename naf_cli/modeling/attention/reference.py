@@ -49,7 +49,7 @@ class ReferenceBackend:
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
         row0: int, out_height: int, num_heads: int, kernel_size: int, max_chunk_bytes: int,
-        out: torch.Tensor | None = None,
+        out: torch.Tensor | None = None, cache: dict[str, object] | None = None,
     ) -> torch.Tensor:
         """The whole output: query [B, D, H, W] (``row0`` 0), key [B, D, h, w], value [B, C, h, w] -> [B, C, H, W]."""
         batch, qk_dim, big_h, big_w = query.shape

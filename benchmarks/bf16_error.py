@@ -1,0 +1,55 @@
+"""How far NAF under bf16 autocast is from fp32, against how far bilinear is, on real photos.
+
+    python benchmarks/bf16_error.py ../shared/photos/train --count 8
+
+Features: effnet-lite0 (112 channels, stride 16) at long side 448, upsampled x16 (to the
+backbone input size). Prints, per photo and overall, ||bf16 - fp32|| / ||fp32 - bilinear||
+(the speed issue's goal: at most 5%) and the bf16 and fp32 times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from naf_cli import load_backbone, load_naf
+from naf_cli.images import read_image
+from naf_cli.pipeline.sources import list_images
+from naf_cli.pipeline.transforms import ExtractFeatures, guidance_image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("photos", type=Path)
+    parser.add_argument("--count", type=int, default=8)
+    args = parser.parse_args()
+    extract = ExtractFeatures(load_backbone("effnet-lite0"), 448)
+    model = load_naf().eval()
+    ratios, t32, t16 = [], 0.0, 0.0
+    for path in list_images(args.photos)[: args.count]:
+        image = read_image(path)[0]
+        lr = extract(image).features[None]
+        size = (lr.shape[-2] * 16, lr.shape[-1] * 16)
+        guide = guidance_image(image.rgb()[None], size)
+        with torch.inference_mode():
+            started = time.perf_counter()
+            fp32 = model(guide, lr, size)
+            t32 += time.perf_counter() - started
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = model(guide, lr, size).float()
+            t16 += time.perf_counter() - started
+            bilinear = F.interpolate(lr, size=size, mode="bilinear", align_corners=False)
+        ratio = float((bf16 - fp32).norm() / (fp32 - bilinear).norm())
+        ratios.append(ratio)
+        print(f"{path.name}: {size[0]}x{size[1]}, ||bf16 - fp32|| / ||fp32 - bilinear|| = {100 * ratio:.2f}%")
+    print(f"mean {100 * sum(ratios) / len(ratios):.2f}%, max {100 * max(ratios):.2f}%; "
+          f"time fp32 {t32 / len(ratios):.2f} s, bf16 {t16 / len(ratios):.2f} s per photo")
+
+
+if __name__ == "__main__":
+    main()

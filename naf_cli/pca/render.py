@@ -1,0 +1,176 @@
+"""PCA pictures of many images, from images through a backbone or from feature files.
+
+One basis is fitted first, on a seeded sample of low-resolution feature vectors (up to
+``samples`` from each of up to ``fit_images`` images chosen with the seed), and every panel
+of every image is coloured with it, so colours mean the same thing across images and
+upsamplers. Maps are projected a band of rows at a time, so a feature file's largest maps
+are never loaded whole.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import torch
+
+from naf_cli.errors import InputSkipped, NafError, OptionError
+from naf_cli.features import FeatureFile
+from naf_cli.images import DecodedImage, read_image
+from naf_cli.pca.basis import PCABasis, fit_basis, sample_positions
+from naf_cli.pca.panels import Panel, compose
+from naf_cli.pipeline.image_sink import ImageSink
+from naf_cli.pipeline.sources import ImageSource, InputItem
+from naf_cli.pipeline.transforms import ExtractFeatures, UpsampleFeatures
+
+TILE_BYTES = 64 * 2**20
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PcaSettings:
+    """Which components become red, green and blue (1-based), how the basis is fitted, panel height."""
+
+    components: tuple[int, ...] = (1, 2, 3)
+    seed: int = 0
+    fit_images: int = 32
+    samples: int = 4096
+    height: int = 448
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.components) <= 3 or min(self.components) < 1:
+            raise OptionError(f"--components takes 1 to 3 component numbers from 1, got {list(self.components)}; fix: e.g. --components 1 2 3")
+
+
+def to_rgb(read_rows: Callable[[int, int], torch.Tensor], shape: Sequence[int], basis: PCABasis,
+           settings: PcaSettings) -> torch.Tensor:
+    """[3, H, W] colours of a [C, H, W] map read ``read_rows(r0, r1)`` a band of rows at a time."""
+    channels, height, width = shape
+    rows = max(1, TILE_BYTES // max(1, channels * width * 4))
+    picked = [c - 1 for c in settings.components]
+    out = torch.empty(3, height, width)
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        projected = basis.project(read_rows(r0, r1).float())[picked]
+        if len(picked) == 1:  # one component: grey
+            projected = projected.expand(3, -1, -1)
+        elif len(picked) == 2:  # two: red and green, no blue
+            projected = torch.cat((projected, torch.zeros_like(projected[:1])))
+        out[:, r0:r1] = projected
+    return out
+
+
+def tensor_rgb(features: torch.Tensor, basis: PCABasis, settings: PcaSettings) -> torch.Tensor:
+    """[3, H, W] colours of a [C, H, W] tensor."""
+    return to_rgb(lambda r0, r1: features[:, r0:r1], tuple(features.shape), basis, settings)
+
+
+def dataset_rgb(data: h5py.Dataset, basis: PCABasis, settings: PcaSettings) -> torch.Tensor:
+    """[3, H, W] colours of a [C, H, W] HDF5 dataset, read a band of rows at a time."""
+    return to_rgb(lambda r0, r1: torch.from_numpy(data[:, r0:r1, :]), tuple(data.shape), basis, settings)
+
+
+def seeded_choice(names: Sequence[str], count: int, seed: int) -> list[str]:
+    """Up to ``count`` of ``names``, the same ones for the same seed, in their original order."""
+    if len(names) <= count:
+        return list(names)
+    chosen = set(random.Random(seed).sample(range(len(names)), count))
+    return [name for i, name in enumerate(names) if i in chosen]
+
+
+def fit_on(maps: Iterator[torch.Tensor], settings: PcaSettings) -> PCABasis:
+    """A basis from up to ``settings.samples`` vectors of each map."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    samples = [sample_positions(m.float(), settings.samples, generator) for m in maps]
+    if not samples:
+        raise NafError("no features to fit a PCA basis on; fix: check that the inputs hold readable images or feature maps")
+    return fit_basis(torch.cat(samples), max(settings.components))
+
+
+def _label(name: str, shape: Sequence[int]) -> str:
+    return f"{name} {shape[-2]}x{shape[-1]}"
+
+
+def pca_from_images(
+    source: ImageSource, extract: ExtractFeatures, upsamplers: Sequence[tuple[str, UpsampleFeatures]],
+    sink: ImageSink, settings: PcaSettings, warn: Warn,
+) -> list[Path]:
+    """photo | low-res | each upsampler, for every image of ``source``, one PNG each."""
+    items = {item.name: item for item in source}
+
+    def decoded(item: InputItem) -> DecodedImage | None:
+        try:
+            return read_image(item.path)[0]
+        except InputSkipped as err:
+            warn(f"skipped {item.path}: {err}")
+            return None
+
+    def low_res(image: DecodedImage) -> torch.Tensor:
+        return extract(image).features
+
+    fit_names = seeded_choice(list(items), settings.fit_images, settings.seed)
+    basis = fit_on((low_res(image) for name in fit_names if (image := decoded(items[name])) is not None), settings)
+    written = []
+    for name, item in items.items():
+        image = decoded(item)
+        if image is None:
+            continue
+        lr = low_res(image)
+        panels = [Panel(_label("photo", image.size), image.rgb()),
+                  Panel(_label("low-res", lr.shape), tensor_rgb(lr, basis, settings))]
+        photo = image.rgb()[None].to(extract.device)
+        for label, upsample in upsamplers:
+            high, _ = upsample(photo, lr[None].to(extract.device))
+            high = high[0].float().cpu()
+            panels.append(Panel(_label(label, high.shape), tensor_rgb(high, basis, settings)))
+        written.append(sink.write(name, compose(panels, settings.height)))
+    return written
+
+
+def _photo(features: FeatureFile, name: str, image_root: Path | None) -> DecodedImage | None:
+    from naf_cli.datasets import source_image_path
+
+    try:
+        return read_image(source_image_path(features, name, image_root))[0]
+    except (NafError, OSError):
+        return None
+
+
+def pca_from_files(
+    files: Sequence[FeatureFile], upsamplers: Sequence[tuple[str, UpsampleFeatures]], sink: ImageSink,
+    settings: PcaSettings, image_root: Path | None, warn: Warn, device: torch.device,
+) -> list[Path]:
+    """For every image in the first file (and in the others): photo (when found) | each file's
+    map | each upsampler over the low-resolution file's features."""
+    low_files = [f for f in files if f.attrs.get("kind") == "extract"]
+    if upsamplers and not low_files:
+        raise NafError("--upsampler needs low-resolution features; fix: pass an extract file (naf extract) among the inputs")
+    names = [name for name in files[0].names if all(name in f for f in files[1:])]
+    if not names:
+        raise NafError("the feature files have no image in common; fix: pass files written from the same images")
+    basis_file = low_files[0] if low_files else files[0]
+    fit_names = seeded_choice(names, settings.fit_images, settings.seed)
+    basis = fit_on((torch.from_numpy(basis_file[name]) for name in fit_names), settings)
+    written = []
+    for name in names:
+        photo = _photo(files[0], name, image_root)
+        panels = [] if photo is None else [Panel(_label("photo", photo.size), photo.rgb())]
+        if photo is None and upsamplers:
+            warn(f"skipped {name}: its source image was not found; fix: pass --image-root DIR")
+            continue
+        for features in files:
+            data = features.dataset(name)
+            label = "low-res" if features.attrs.get("kind") == "extract" else str(features.attrs.get("upsampler", features.path.stem))
+            panels.append(Panel(_label(label, data.shape), dataset_rgb(data, basis, settings)))
+        if upsamplers:
+            assert photo is not None
+            lr = torch.from_numpy(low_files[0][name]).float()[None].to(device)
+            for label, upsample in upsamplers:
+                high, _ = upsample(photo.rgb()[None].to(device), lr)
+                high = high[0].float().cpu()
+                panels.append(Panel(_label(label, high.shape), tensor_rgb(high, basis, settings)))
+        written.append(sink.write(name, compose(panels, settings.height)))
+    return written
