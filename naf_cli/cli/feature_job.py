@@ -46,6 +46,7 @@ class UpsampleOptions:
     output_size: str
     scale: float | None
     image_root: Path | None = None
+    max_memory: str | None = None
 
 
 def feature_file_input(inputs: list[Path]) -> Path | None:
@@ -61,15 +62,18 @@ def command_line() -> str:
 
 def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     """Run extract (``upsample`` None) or upsample; returns the exit code (0, or 3 with skipped inputs)."""
+    import shutil
+
     from naf_cli.backbones import get_spec, load_backbone
     from naf_cli.cli.options import resolve_device
     from naf_cli.pipeline import ExtractAndUpsample, ExtractFeatures, HDF5FeatureSink, ImageSource, OutputSize, UpsampleFeatures
-    from naf_cli.pipeline.memory import available_bytes, gib
+    from naf_cli.pipeline.memory import available_bytes, gib, parse_bytes
     from naf_cli.pipeline.sizes import check_positive
     from naf_cli.upsamplers import get_factory, load_upsampler
 
     # 1. options and paths: nothing loaded, nothing written
     check_positive("--long-side", options.long_side)
+    limit = parse_bytes(upsample.max_memory) if upsample else None
     rule = OutputSize.parse(upsample.output_size, upsample.scale) if upsample else None
     spec = get_spec(options.vfm)
     if upsample is not None:
@@ -95,14 +99,20 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
         if largest is not None:
             import torch
 
-            need, have = upsampler.peak_bytes(backbone.info.channels, largest), available_bytes(torch.device(device))
+            # refuse only what can never work: the least an output needs in memory (band by band
+            # where the upsampler can, guided by the smallest image) and its size on disk
+            need = upsampler.banded_peak_bytes(backbone.info.channels, largest, guidance_size=(1, 1))
+            have = available_bytes(torch.device(device))
+            have = have if limit is None else min(have, limit)
+            what = f"outputs up to {largest[0]}x{largest[1]} with {backbone.info.channels} channels ({rule.describe()})"
+            fix = "fix: a smaller --scale, --output-size or --long-side"
             if need > have:
-                raise OptionError(
-                    f"outputs up to {largest[0]}x{largest[1]} with {backbone.info.channels} channels ({rule.describe()}) "
-                    f"need about {gib(need)} per image, more than the {gib(have)} available; "
-                    f"fix: a smaller --scale, --output-size or --long-side"
-                )
-        transform = ExtractAndUpsample(ExtractFeatures(backbone, options.long_side), UpsampleFeatures(upsampler, info, rule))
+                raise OptionError(f"{what} need about {gib(need)} per image, more than the {gib(have)} available; {fix}")
+            stored = backbone.info.channels * largest[0] * largest[1] * (2 if options.out_dtype == "float16" else 4)
+            free = shutil.disk_usage(options.output.absolute().parent).free if options.output.absolute().parent.exists() else stored
+            if stored > free:
+                raise OptionError(f"{what} take about {gib(stored)} each on disk, more than the {gib(free)} free; {fix}")
+        transform = ExtractAndUpsample(ExtractFeatures(backbone, options.long_side), UpsampleFeatures(upsampler, info, rule, limit))
         description = f"{spec.name} + {info.name} ({rule.describe()})"
     else:
         backbone = load_backbone(spec.name, options.vfm_weights, device)
@@ -118,6 +128,7 @@ def _upsample_stored(path: Path, sink: HDF5FeatureSink, device: str, upsample: U
     from naf_cli.datasets import source_image_path
     from naf_cli.features import FeatureFile
     from naf_cli.pipeline import ImageSource, InputItem, UpsampleFeatures
+    from naf_cli.pipeline.memory import parse_bytes
     from naf_cli.pipeline.transforms import UpsampleStored
     from naf_cli.upsamplers import load_upsampler
 
@@ -128,7 +139,7 @@ def _upsample_stored(path: Path, sink: HDF5FeatureSink, device: str, upsample: U
     source = ImageSource.of(items, upsample.image_root or Path(str(stored.attrs.get("source_root", path.parent))))
     upsampler, info = load_upsampler(upsample.upsampler, upsample.checkpoint, device)
     upsampler.check_channels(int(stored.dataset(stored.names[0]).shape[0]))
-    transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule))
+    transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule, parse_bytes(upsample.max_memory)))
     description = f"{path.name} + {info.name} ({rule.describe()})"
     return _run(source, transform, sink, options, description)
 

@@ -56,6 +56,10 @@ def upsample(
     shard_images: ShardImages = None,
     workers: Workers = None,
     batch_size: BatchSize = 1,
+    max_memory: Annotated[Optional[str], typer.Option(
+        "--max-memory", help="Memory one forward may use, e.g. 8G (default: what is available). NAF outputs that need more are "
+        "computed and written in bands of rows.",
+    )] = None,
 ) -> None:
     """Upsample the backbone features of every image into one HDF5 file.
 
@@ -64,4 +68,4 @@ def upsample(
     """
     options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
                          out_dtype, compression, shard_images, workers, batch_size)
-    raise typer.Exit(run_job(options, UpsampleOptions(upsampler, checkpoint, output_size, scale, image_root)))
+    raise typer.Exit(run_job(options, UpsampleOptions(upsampler, checkpoint, output_size, scale, image_root, max_memory)))

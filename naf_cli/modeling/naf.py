@@ -84,6 +84,16 @@ class NAF(Upsampler):
         queries = min(out_pixels * dim * 4, self.max_chunk_bytes)
         return out_pixels * channels * 4 + encoder + queries + self.max_chunk_bytes
 
+    def banded_peak_bytes(
+        self, channels: int, output_size: tuple[int, int], batch: int = 1, guidance_size: tuple[int, int] | None = None,
+    ) -> int:
+        """``peak_bytes`` without the output (each band is handed on), with one band's rows."""
+        band = self.band_plan(torch.empty(batch, channels, 1, 1, device="meta"), output_size)[0]
+        rows = band[1] - band[0]
+        band_bytes = batch * rows * output_size[1] * channels * 4
+        out_bytes = batch * output_size[0] * output_size[1] * channels * 4
+        return self.peak_bytes(channels, output_size, batch, guidance_size) - out_bytes + band_bytes + BAND_BYTES
+
     def problem(self, features: torch.Tensor, output_size: tuple[int, int], needs_grad: bool = False) -> AttentionProblem:
         """The attention problem of upsampling ``features`` to ``output_size``."""
         queries = features.new_empty(features.shape[0], self.image_encoder.rope.dim, 0, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -13,7 +15,8 @@ class Upsampler(nn.Module):
 
     ``image`` is [B, 3, H_img, W_img], RGB in [0, 1], of any size; upsamplers that ignore
     it accept it all the same. Subclasses override ``check_channels`` when they cannot take
-    every channel count, and ``peak_bytes`` when one forward needs more than its output.
+    every channel count, ``peak_bytes`` when one forward needs more than its output, and
+    ``forward_bands`` / ``banded_peak_bytes`` when they can make the output a band at a time.
     """
 
     def check_channels(self, channels: int) -> None:
@@ -31,9 +34,26 @@ class Upsampler(nn.Module):
             raise ShapeError(f"image batch ({image.shape[0]}) differs from features batch ({features.shape[0]})")
         self.check_channels(int(features.shape[1]))
 
-    def peak_bytes(self, channels: int, output_size: tuple[int, int], batch: int = 1) -> int:
-        """Estimated peak memory of one float32 forward: here, the output itself."""
+    def peak_bytes(
+        self, channels: int, output_size: tuple[int, int], batch: int = 1, guidance_size: tuple[int, int] | None = None,
+    ) -> int:
+        """Estimated peak memory of one float32 forward (``guidance_size``: the image it is
+        given, where that matters): here, the output itself."""
         return batch * channels * output_size[0] * output_size[1] * 4
+
+    def banded_peak_bytes(
+        self, channels: int, output_size: tuple[int, int], batch: int = 1, guidance_size: tuple[int, int] | None = None,
+    ) -> int:
+        """Estimated peak of ``forward_bands`` with each band let go after use (here: ``peak_bytes``)."""
+        return self.peak_bytes(channels, output_size, batch, guidance_size)
+
+    def forward_bands(
+        self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int],
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The output as bands of rows ``(r0, r1, [B, C, r1 - r0, W])``; here one band, the whole output."""
+        with torch.no_grad():
+            out = self(image, features, output_size)
+        yield 0, int(out.shape[-2]), out
 
     def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError

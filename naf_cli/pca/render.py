@@ -22,6 +22,7 @@ from naf_cli.features import FeatureFile
 from naf_cli.images import DecodedImage, read_image
 from naf_cli.pca.basis import PCABasis, fit_basis, sample_positions
 from naf_cli.pca.panels import Panel, compose
+from naf_cli.pipeline.banded import BandedFeatures, as_tensor
 from naf_cli.pipeline.image_sink import ImageSink
 from naf_cli.pipeline.sources import ImageSource, InputItem
 from naf_cli.pipeline.transforms import ExtractFeatures, UpsampleFeatures
@@ -109,7 +110,7 @@ def pca_from_images(
             return None
 
     def low_res(image: DecodedImage) -> torch.Tensor:
-        return extract(image).features
+        return as_tensor(extract(image).features)
 
     fit_names = seeded_choice(list(items), settings.fit_images, settings.seed)
     basis = fit_on((low_res(image) for name in fit_names if (image := decoded(items[name])) is not None), settings)
@@ -123,8 +124,8 @@ def pca_from_images(
                   Panel(_label("low-res", lr.shape), tensor_rgb(lr, basis, settings))]
         photo = image.rgb()[None].to(extract.device)
         for label, upsample in upsamplers:
-            high, _ = upsample(photo, lr[None].to(extract.device))
-            high = high[0].float().cpu()
+            upsampled, _ = upsample(photo, lr[None].to(extract.device))
+            high = upsampled.materialise() if isinstance(upsampled, BandedFeatures) else upsampled[0].float().cpu()
             panels.append(Panel(_label(label, high.shape), tensor_rgb(high, basis, settings)))
         written.append(sink.write(name, compose(panels, settings.height)))
     return written
@@ -169,8 +170,8 @@ def pca_from_files(
             assert photo is not None
             lr = torch.from_numpy(low_files[0][name]).float()[None].to(device)
             for label, upsample in upsamplers:
-                high, _ = upsample(photo.rgb()[None].to(device), lr)
-                high = high[0].float().cpu()
+                upsampled, _ = upsample(photo.rgb()[None].to(device), lr)
+                high = upsampled.materialise() if isinstance(upsampled, BandedFeatures) else upsampled[0].float().cpu()
                 panels.append(Panel(_label(label, high.shape), tensor_rgb(high, basis, settings)))
         written.append(sink.write(name, compose(panels, settings.height)))
     return written

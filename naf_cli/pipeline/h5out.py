@@ -33,6 +33,7 @@ import torch
 import naf_cli
 from naf_cli.errors import OutputError, RunError
 from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, list_datasets
+from naf_cli.pipeline.banded import BandedFeatures
 from naf_cli.pipeline.sizes import chunk_shape
 
 RUN_FILE = "run.json"
@@ -235,23 +236,39 @@ class HDF5FeatureSink:
         self._group_boundary = 0
         return handle
 
-    def write(self, name: str, features: torch.Tensor, attrs: Mapping[str, object]) -> None:
-        """Store features [C, H, W] under ``features/<name>`` in the current shard."""
+    def write(self, name: str, features: torch.Tensor | BandedFeatures, attrs: Mapping[str, object]) -> None:
+        """Store features [C, H, W] under ``features/<name>`` in the current shard; a
+        ``BandedFeatures`` is computed and written a band of rows at a time."""
         if self._shard is None:
             self._shard = self._open_shard()
+        if isinstance(features, BandedFeatures):
+            self._write(name, attrs, features.shape, features)
+            return
         features = features.detach().to("cpu")
         array = features.to(torch.float16 if self.dtype == "float16" else torch.float32).numpy()
         if not np.isfinite(array).all() and torch.isfinite(features).all():
             # values beyond float16's range (+-65504) would become inf: keep this image in float32
             array = features.float().numpy()
+        self._write(name, attrs, tuple(array.shape), array)
+
+    def _write(self, name: str, attrs: Mapping[str, object], shape: tuple[int, ...], data: np.ndarray | BandedFeatures) -> None:
         options: dict[str, object] = {} if self.compression == "none" else {"compression": self.compression}
-        assert self._shard_path is not None
-        check_room(self._shard_path, array.nbytes, f"features of {name}")
+        assert self._shard is not None and self._shard_path is not None
+        dtype = data.dtype if isinstance(data, np.ndarray) else np.dtype(self.dtype)
+        check_room(self._shard_path, int(np.prod(shape)) * dtype.itemsize, f"features of {name}")
+        group = self._shard[FEATURES_GROUP]
         try:
-            dataset = self._shard[FEATURES_GROUP].create_dataset(
-                name, data=array, chunks=chunk_shape(array.shape[0], array.shape[1], array.shape[2], itemsize=array.itemsize),
-                **options,
-            )
+            chunks = chunk_shape(shape[0], shape[1], shape[2], itemsize=dtype.itemsize)
+            if isinstance(data, np.ndarray):
+                dataset = group.create_dataset(name, data=data, chunks=chunks, **options)
+            else:
+                dataset = group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, **options)
+                if not self._fill_bands(dataset, data) and dtype == np.float16:
+                    # a band beyond float16's range (+-65504): this image is kept in float32
+                    del group[name]
+                    chunks = chunk_shape(shape[0], shape[1], shape[2], itemsize=4)
+                    dataset = group.create_dataset(name, shape=shape, dtype=np.float32, chunks=chunks, **options)
+                    self._fill_bands(dataset, data)
             _kill_point("writing")
             for key, value in attrs.items():
                 dataset.attrs[key] = as_attr(value)
@@ -262,6 +279,17 @@ class HDF5FeatureSink:
             raise RunError(f"cannot write features of {name} to {self._shard_path}: {reason}; fix: free disk space, then "
                            f"rerun the same command to resume") from err
         self._shard_names.append(name)
+
+    @staticmethod
+    def _fill_bands(dataset: h5py.Dataset, banded: BandedFeatures) -> bool:
+        """Write every band into ``dataset``; False as soon as one does not fit its dtype."""
+        for r0, r1, rows in banded.bands():
+            with np.errstate(over="ignore"):  # an overflow is caught just below
+                array = rows.numpy().astype(dataset.dtype)
+            if not np.isfinite(array).all() and torch.isfinite(rows).all():
+                return False
+            dataset[:, r0:r1, :] = array
+        return True
 
     def end_group(self) -> None:
         """The images written so far form whole batches; publish the shard if it is full or due.

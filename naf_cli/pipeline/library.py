@@ -8,6 +8,7 @@ import torch
 
 from naf_cli.backbones import Backbone
 from naf_cli.modeling import Upsampler
+from naf_cli.pipeline.banded import as_tensor
 from naf_cli.pipeline.h5out import HDF5FeatureSink
 from naf_cli.pipeline.progress import Progress
 from naf_cli.pipeline.run import RunSummary, run_pipeline
@@ -30,7 +31,7 @@ def upsample_image(
     rule = output_size or OutputSize("grid", scale)
     transform = ExtractAndUpsample(ExtractFeatures(backbone, long_side), UpsampleFeatures(upsampler, None, rule))
     result = transform(DecodedImage(image))
-    return result.features, dict(result.attrs)
+    return as_tensor(result.features), dict(result.attrs)
 
 
 def upsample_folder(

@@ -46,3 +46,23 @@ def human_bytes(n_bytes: float) -> str:
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024
     return f"{n_bytes:.1f} TiB"
+
+
+UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """``512M``, ``4G``, ``1.5GB``, ``2GiB`` or a plain number of bytes -> bytes; None stays None."""
+    if text is None:
+        return None
+    from naf_cli.errors import OptionError
+
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned and cleaned[-1] in UNITS else (cleaned, "")
+    try:
+        value = float(number) * UNITS[unit]
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise OptionError(f"--max-memory must be a size such as 512M or 4G, got '{text}'")
+    return int(value)

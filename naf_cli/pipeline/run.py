@@ -18,6 +18,7 @@ import torch
 
 from naf_cli.errors import ImageReadError, InputSkipped, OptionError, RunError
 from naf_cli.images import DecodedImage
+from naf_cli.pipeline.banded import BandedFeatures
 from naf_cli.pipeline.memory import peak_bytes
 from naf_cli.pipeline.progress import Progress, TqdmProgress
 from naf_cli.pipeline.sources import ImageSource, InputItem
@@ -37,7 +38,7 @@ class FeatureSink(Protocol):
 
     def begin(self, attrs: Mapping[str, object], total: int = 0) -> None: ...
 
-    def write(self, name: str, features: torch.Tensor, attrs: Mapping[str, object]) -> None: ...
+    def write(self, name: str, features: torch.Tensor | BandedFeatures, attrs: Mapping[str, object]) -> None: ...
 
     def end_group(self) -> None: ...
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from naf_cli.errors import ImageReadError
 from naf_cli.images import DecodedImage, read_image
+from naf_cli.pipeline.banded import BandedFeatures
 from naf_cli.pipeline.sources import InputItem
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ class BackgroundWriter:
         self.sink = sink
         self.seconds = 0.0
         # jobs: (name, features, attrs) to write, "group" for the end of a batch group, None to stop
-        self._queue: queue.Queue[tuple[str, torch.Tensor, Mapping[str, object]] | str | None] = queue.Queue(WRITE_QUEUE)
+        self._queue: queue.Queue[tuple[str, torch.Tensor | BandedFeatures, Mapping[str, object]] | str | None] = queue.Queue(WRITE_QUEUE)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="naf-writer", daemon=True)
         self._thread.start()
@@ -158,7 +159,7 @@ class BackgroundWriter:
             error, self._error = self._error, None
             raise error
 
-    def write(self, name: str, features: torch.Tensor, attrs: Mapping[str, object]) -> None:
+    def write(self, name: str, features: torch.Tensor | BandedFeatures, attrs: Mapping[str, object]) -> None:
         self._raise()
         self._queue.put((name, features, attrs))
 

@@ -24,6 +24,7 @@ from naf_cli.errors import InputSkipped
 from naf_cli.features import FeatureFile
 from naf_cli.images import DecodedImage
 from naf_cli.modeling import Upsampler
+from naf_cli.pipeline.banded import BandedFeatures, Bands
 from naf_cli.pipeline.memory import available_bytes, gib
 from naf_cli.pipeline.sizes import ASPECT_WARNING, OutputSize, aspect_stretch, backbone_input_size
 from naf_cli.upsamplers import UpsamplerInfo
@@ -36,7 +37,7 @@ Size = tuple[int, int]
 class Result:
     """One image's output: ``features`` [C, H, W] (CPU), attributes and warnings for it."""
 
-    features: torch.Tensor
+    features: torch.Tensor | BandedFeatures
     attrs: dict[str, AttrValue] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -155,10 +156,19 @@ class UpsampleFeatures:
 
     kind = "upsample"
 
-    def __init__(self, upsampler: Upsampler, info: UpsamplerInfo | None = None, output_size: OutputSize = OutputSize()) -> None:
+    def __init__(
+        self, upsampler: Upsampler, info: UpsamplerInfo | None = None, output_size: OutputSize = OutputSize(),
+        memory_limit: int | None = None,
+    ) -> None:
         self.upsampler = upsampler
         self.info = info or UpsamplerInfo(type(upsampler).__name__.lower())
         self.output_size = output_size
+        self.memory_limit = memory_limit
+
+    def available(self, device: torch.device) -> int:
+        """Memory a forward may take: what the device has, within ``memory_limit``."""
+        have = available_bytes(device)
+        return have if self.memory_limit is None else min(have, self.memory_limit)
 
     def file_attrs(self) -> dict[str, AttrValue]:
         attrs: dict[str, AttrValue] = {
@@ -169,26 +179,49 @@ class UpsampleFeatures:
             attrs["scale"] = float(self.output_size.scale)
         return attrs
 
-    def check_memory(self, channels: int, out_size: Size, device: torch.device, batch: int = 1) -> None:
-        need = self.upsampler.peak_bytes(channels, out_size, batch)
-        have = available_bytes(device)
+    def check_memory(self, channels: int, out_size: Size, device: torch.device, batch: int = 1, guide: Size | None = None) -> bool:
+        """Whether the output fits whole (True) or only band by band (False, one image);
+        ``BatchTooLarge`` or ``InputSkipped`` when neither. ``guide``: the guidance image's size."""
+        have = self.available(device)
+        need = self.upsampler.peak_bytes(channels, out_size, batch, guide)
         if need <= have:
-            return
+            return True
         if batch > 1:
             raise BatchTooLarge(f"a batch of {batch} needs about {gib(need)}, {gib(have)} available")
+        if self.upsampler.banded_peak_bytes(channels, out_size, batch, guide) <= have:
+            return False
         raise InputSkipped(
             f"its {out_size[0]}x{out_size[1]} output with {channels} channels needs about {gib(need)}, "
             f"more than the {gib(have)} available; fix: a smaller --output-size or --scale"
         )
 
     @torch.inference_mode()
-    def __call__(self, image: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, Size]:
-        """image [B, 3, H_img, W_img], features [B, C, h, w] (same device) -> ([B, C, H, W], (H, W))."""
+    def __call__(self, image: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor | BandedFeatures, Size]:
+        """image [B, 3, H_img, W_img], features [B, C, h, w] (same device) -> ([B, C, H, W], (H, W)).
+
+        An output that only fits band by band (one image) comes back as ``BandedFeatures``,
+        computed while the sink writes it.
+        """
         image_hw, grid_hw = (int(image.shape[-2]), int(image.shape[-1])), (int(features.shape[-2]), int(features.shape[-1]))
         out_size = self.output_size.resolve(image_hw, grid_hw)
-        self.check_memory(int(features.shape[1]), out_size, features.device, int(features.shape[0]))
-        upsampled = self.upsampler(guidance_image(image, out_size), features, out_size)
-        return upsampled, out_size
+        guide = guidance_image(image, out_size)
+        guide_size = (int(guide.shape[-2]), int(guide.shape[-1]))
+        if self.check_memory(int(features.shape[1]), out_size, features.device, int(features.shape[0]), guide_size):
+            return self.upsampler(guide, features, out_size), out_size
+        upsampler = self.upsampler
+
+        def bands() -> Bands:
+            for r0, r1, rows in upsampler.forward_bands(guide, features, out_size):
+                yield r0, r1, rows[0].float().cpu()
+
+        return BandedFeatures((int(features.shape[1]), *out_size), bands), out_size
+
+
+def _per_image(upsampled: torch.Tensor | BandedFeatures) -> list[torch.Tensor | BandedFeatures]:
+    """One entry per image of a batch (a banded output is one image)."""
+    if isinstance(upsampled, BandedFeatures):
+        return [upsampled]
+    return list(upsampled.float().cpu())
 
 
 class ExtractAndUpsample:
@@ -220,7 +253,7 @@ class ExtractAndUpsample:
             _, out_size, guide = self.bucket_key(images[0])
             guidance = _resized(images, guide, self.device)
             upsampled, out_size = self.upsample(guidance, features)
-        for result, one in zip(results, upsampled.float().cpu(), strict=True):
+        for result, one in zip(results, _per_image(upsampled), strict=True):
             result.features = one
             result.attrs["output_size"] = out_size
         return results
@@ -264,7 +297,7 @@ class UpsampleStored:
         guidance = _resized(images, guide, self.device)
         upsampled, out_size = self.upsample(guidance, low)
         results = []
-        for name, one in zip(names, upsampled.float().cpu(), strict=True):
+        for name, one in zip(names, _per_image(upsampled), strict=True):
             attrs: dict[str, AttrValue] = {"feature_size": (int(low.shape[-2]), int(low.shape[-1])), "output_size": out_size}
             stored_size = self.stored.image_attrs(name).get("backbone_input_size")
             if stored_size is not None:
