@@ -226,3 +226,13 @@ def test_corrupt_and_foreign_weight_files_say_what_they_are(tmp_path, examples_d
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
         assert words in lines[0] and "fix:" in lines[0], (args, lines[0])
+
+
+def test_a_closed_stdout_ends_quietly():
+    """`naf models | head -1`: the reader goes away; no traceback, no error line."""
+    process = subprocess.Popen([sys.executable, "-m", "naf_cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    process.wait(timeout=120)
+    assert "BrokenPipe" not in stderr and "Traceback" not in stderr and "error" not in stderr

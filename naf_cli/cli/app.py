@@ -7,6 +7,7 @@ h5py load inside command bodies, so ``naf --help`` is instant.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from typing import Annotated, Any
@@ -94,6 +95,11 @@ class NafGroup(TyperGroup):
             return super().invoke(ctx)
         except PASSED_THROUGH:
             raise
+        except BrokenPipeError:
+            # stdout was closed by its reader (`naf bench | head`): stop quietly, as a pipe expects
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except (Exception, KeyboardInterrupt) as err:
             if debug_enabled():
                 raise
