@@ -22,7 +22,7 @@ import torch
 from naf_cli.bench.cases import FLOOR, BenchCase, case_flops, case_params, floor_layers, output_bytes
 from naf_cli.modeling import NAF, Interpolation, Upsampler
 
-Forward = Callable[[int], None]
+Forward = Callable[[int], float]
 
 
 def _status_kib(field: str) -> int:
@@ -64,55 +64,56 @@ def _inputs(case: BenchCase, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_forward(case: BenchCase) -> Forward:
-    """``forward(seed)``: one forward pass on fresh inputs made from ``seed`` (input making untimed)."""
+    """``forward(seed)``: one forward pass on fresh inputs made from ``seed``; returns its
+    milliseconds (making the inputs is not timed)."""
     device = torch.device(case.device)
     size = (case.output_size, case.output_size)
     if case.upsampler == FLOOR:
         chains = [chain.to(device).to(memory_format=torch.channels_last).eval() for chain in floor_layers(NAF())]
 
-        def run_floor(seed: int) -> None:
+        def run_floor(seed: int) -> float:
             generator = torch.Generator().manual_seed(seed)
             guide = torch.rand(case.batch, 3, *case.guidance, generator=generator).to(device)
             guide = guide.contiguous(memory_format=torch.channels_last)
-            with _timed(device) as _:
+            with _timed(device) as elapsed:
                 for chain in chains:
                     chain(guide)
+            return elapsed[0]
 
         return run_floor
     model: Upsampler = _naf(case) if case.upsampler == "naf" else Interpolation(case.upsampler)
     model = model.to(device).eval()
 
-    def run(seed: int) -> None:
+    def run(seed: int) -> float:
         image, features = _inputs(case, seed)
-        with _timed(device) as _, _autocast(case):
+        with _timed(device) as elapsed, _autocast(case):
             if case.banded and isinstance(model, NAF):
                 for _r0, _r1, rows in model.forward_bands(image, features, size):
                     del rows  # a sink that takes each band and lets it go
             else:
                 out = model(image, features, size)
                 del out
+        return elapsed[0]
 
     return run
 
 
-_timings: list[float] = []
-
-
 @contextlib.contextmanager
-def _timed(device: torch.device) -> Iterator[None]:
-    """Appends the block's duration in ms to ``_timings`` (CUDA events on a GPU)."""
+def _timed(device: torch.device) -> Iterator[list[float]]:
+    """Yields a list that holds the block's duration in ms once it ends (CUDA events on a GPU)."""
+    elapsed: list[float] = []
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        yield
+        yield elapsed
         end.record()
         torch.cuda.synchronize(device)
-        _timings.append(start.elapsed_time(end))
+        elapsed.append(start.elapsed_time(end))
         return
     started = time.perf_counter()
     with torch.inference_mode():
-        yield
-    _timings.append((time.perf_counter() - started) * 1000)
+        yield elapsed
+    elapsed.append((time.perf_counter() - started) * 1000)
 
 
 def measure(case: BenchCase, repeats: int = 3, warmup: int = 1) -> dict[str, object]:
@@ -129,15 +130,13 @@ def measure(case: BenchCase, repeats: int = 3, warmup: int = 1) -> dict[str, obj
     with torch.inference_mode():
         for seed in range(warmup):
             forward(1000 + seed)
-        _timings.clear()
-        for seed in range(repeats):
-            forward(seed)
+        timings = [forward(seed) for seed in range(repeats)]
     high_water = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_kib("VmHWM") * 1024
     peak = high_water - baseline
-    ms = statistics.median(_timings) / case.batch
+    ms = statistics.median(timings) / case.batch
     return {
         "ms_per_image": round(ms, 4),
-        "ms_min_per_image": round(min(_timings) / case.batch, 4),
+        "ms_min_per_image": round(min(timings) / case.batch, 4),
         "fps": round(1000.0 / ms, 4) if ms > 0 else None,
         "peak_memory_mb": round(peak / 2**20, 1),
         "output_mb": round((0 if case.banded or case.upsampler == FLOOR else output_bytes(case)) / 2**20, 1),

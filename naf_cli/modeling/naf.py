@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from naf_cli.allocator import release_freed_memory
 from naf_cli.errors import ShapeError
 from naf_cli.modeling.attention import (
     DEFAULT_CHUNK_BYTES,
@@ -164,6 +165,8 @@ class NAF(Upsampler):
                     kept[r0] = queries
             keys = F.adaptive_avg_pool2d(torch.cat(column_pooled, dim=2), low)
             del column_pooled
+        if guide.device.type == "cpu":
+            release_freed_memory()  # the encoder's bands are gone: their pages must not add to the bands' peak
         for r0, r1 in plan:
             with torch.no_grad():
                 queries = kept.pop(r0) if keep else rows(r0, r1)

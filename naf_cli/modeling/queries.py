@@ -58,6 +58,8 @@ def pool_rows(x: torch.Tensor, row0: int, row1: int, n_out: int) -> torch.Tensor
 def pool_columns(x: torch.Tensor, n_out: int) -> torch.Tensor:
     """``x`` [B, C, r, W] adaptive-average-pooled to ``n_out`` columns (rows unchanged)."""
     width = x.shape[-1]
+    if width == n_out:
+        return x
     if width % n_out == 0:
         # whole bins of equal length: a mean over a view, with channels innermost
         pixels_last = x.permute(0, 2, 3, 1)
