@@ -23,7 +23,7 @@ def bench(
     image_size: Annotated[int, typer.Option("--image-size", help="Side of the guidance photo.")] = 448,
     batch: Annotated[int, typer.Option("--batch", help="Images per forward.")] = 1,
     precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast).")] = "fp32",
-    device: Device = "cpu",
+    device: Device = "auto",
     repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per row (the median is reported).")] = 3,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards first.")] = 1,
     banded: Annotated[bool, typer.Option("--banded", help="NAF through its band API into a sink: the output is never held whole.")] = False,
