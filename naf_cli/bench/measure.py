@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from naf_cli.bench.cases import FLOOR, BenchCase, case_flops, case_params, floor_layers, output_bytes
+from naf_cli.bench.cases import FLOOR, BenchCase, floor_layers
 from naf_cli.modeling import NAF, Interpolation, Upsampler
 
 Forward = Callable[[int], float]
@@ -117,7 +117,8 @@ def _timed(device: torch.device) -> Iterator[list[float]]:
 
 
 def measure(case: BenchCase, repeats: int = 3, warmup: int = 1) -> dict[str, object]:
-    """Run ``case`` here: ms per image (median of ``repeats``), FPS, peak memory, GFLOPs, parameters."""
+    """Run ``case`` here: ms per image (median of ``repeats``), FPS, peak memory (GFLOPs and
+    parameters need no run: ``bench.cases``)."""
     device = torch.device(case.device)
     forward = build_forward(case)
     if device.type == "cuda":
@@ -139,9 +140,6 @@ def measure(case: BenchCase, repeats: int = 3, warmup: int = 1) -> dict[str, obj
         "ms_min_per_image": round(min(timings) / case.batch, 4),
         "fps": round(1000.0 / ms, 4) if ms > 0 else None,
         "peak_memory_mb": round(peak / 2**20, 1),
-        "output_mb": round((0 if case.banded or case.upsampler == FLOOR else output_bytes(case)) / 2**20, 1),
-        "gflops": round(case_flops(case, NAF()) / 1e9, 6),
-        "params": case_params(case, NAF()),
         "repeats": repeats,
     }
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from naf_cli.bench.cases import FLOOR, NO_BACKEND, BenchCase, case_flops, case_params, output_bytes, predicted_bytes
 from naf_cli.bench.measure import measure, measure_isolated
 from naf_cli.modeling import NAF
-from naf_cli.modeling.attention import AttentionProblem, refusals
+from naf_cli.modeling.attention import choose_backend, refusals
 from naf_cli.pipeline.memory import available_bytes, gib
 
 # rows predicted to need more than this share of the available memory are not attempted
@@ -21,12 +22,9 @@ def backend_refusal(case: BenchCase, model: NAF) -> tuple[str, str | None]:
     if case.upsampler != "naf":
         return NO_BACKEND, None
     features = torch.empty(case.batch, case.channels, case.lr_size, case.lr_size, device="meta")
-    size = (case.output_size, case.output_size)
+    problem = replace(model.problem(features, (case.output_size, case.output_size)), device_type=torch.device(case.device).type)
     if case.backend == "auto":
-        return model.backend(features, size).name + " (auto)", None
-    queries = torch.empty(case.batch, model.image_encoder.rope.dim, 0, 0, device="meta")
-    problem = AttentionProblem.of(queries, features, size, (case.lr_size,) * 2, model.num_heads, model.kernel_size)
-    problem = AttentionProblem(**{**problem.__dict__, "device_type": torch.device(case.device).type})
+        return choose_backend(problem).name + " (auto)", None
     return case.backend, refusals(problem).get(case.backend, f"unknown backend '{case.backend}'")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from naf_cli.cli.options import Device
+
+if TYPE_CHECKING:
+    from naf_cli.bench.cases import BenchCase
 
 
 def bench(
@@ -73,7 +76,7 @@ def bench(
         device=target, image_size=image_size, banded=banded, floor=floor,
     )
 
-    def progress(index: int, total: int, case: object) -> None:
+    def progress(index: int, total: int, case: BenchCase) -> None:
         print(f"[{index + 1}/{total}] {_label(case)}", file=sys.stderr, flush=True)
 
     rows = run_bench(cases, repeats, warmup, progress)
@@ -84,10 +87,7 @@ def bench(
     _render(report)
 
 
-def _label(case: object) -> str:
-    from naf_cli.bench.cases import BenchCase
-
-    assert isinstance(case, BenchCase)
+def _label(case: BenchCase) -> str:
     backend = f" [{case.backend}]" if case.backend != "-" else ""
     return f"{case.upsampler}{backend} x{case.ratio:g} -> {case.output_size}x{case.output_size}, {case.precision}"
 

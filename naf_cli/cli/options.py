@@ -29,6 +29,10 @@ Glob = Annotated[
 FilesFrom = Annotated[
     Optional[Path], typer.Option("--files-from", help="Text file of image paths, one a line (relative to the file's folder); - for stdin."),
 ]
+ImageRoot = Annotated[
+    Optional[Path],
+    typer.Option("--image-root", help="With feature files as input: the photos' folder (default: each image's recorded source_path)."),
+]
 Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first input that cannot be read, instead of skipping it.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again, deleting an existing output (otherwise a rerun resumes it).")]
 OutDtype = Annotated[str, typer.Option("--out-dtype", help="Storage type: float16 (values beyond +-65504 keep float32) or float32.")]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from naf_cli.cli.options import Checkpoint, Device, Inputs, LongSide, Overwrite, VfmWeights
+from naf_cli.cli.options import Checkpoint, Device, ImageRoot, Inputs, LongSide, Overwrite, VfmWeights
 
 if TYPE_CHECKING:
     import torch
@@ -32,9 +32,7 @@ def pca(
     samples: Annotated[int, typer.Option("--samples", help="Low-res feature vectors sampled from each of them.")] = 4096,
     height: Annotated[int, typer.Option("--height", help="Height of every panel in the picture, in pixels.")] = 448,
     checkpoint: Checkpoint = None,
-    image_root: Annotated[Optional[Path], typer.Option(
-        "--image-root", help="With feature files: the photos' folder (default: each image's recorded source_path).",
-    )] = None,
+    image_root: ImageRoot = None,
     vfm_weights: VfmWeights = None,
     long_side: LongSide = 448,
     device: Device = "auto",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -15,6 +14,7 @@ from naf_cli.cli.options import (
     Device,
     FilesFrom,
     Glob,
+    ImageRoot,
     Inputs,
     LongSide,
     OutDtype,
@@ -41,9 +41,7 @@ def upsample(
         show_default=False,
     )] = None,
     checkpoint: Checkpoint = None,
-    image_root: Annotated[Optional[Path], typer.Option(
-        "--image-root", help="With an extract file as input: the photos' folder (default: each image's recorded source_path).",
-    )] = None,
+    image_root: ImageRoot = None,
     vfm_weights: VfmWeights = None,
     long_side: LongSide = 448,
     glob: Glob = None,

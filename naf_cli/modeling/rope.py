@@ -44,18 +44,15 @@ class RoPE2d(nn.Module):
         exponents = 2 * torch.arange(n_periods, dtype=torch.float32) / (self.head_dim // 2)
         self.register_buffer("periods", base**exponents, persistent=True)
 
-    def half_angles(self, height: int, width: int, scale: float = 1.0, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        """Angles [r, W, head_dim / 2] of rows ``[r0, r1)`` (default: all) of an H x W grid:
-        the y angles then the x angles. ``angles`` repeats them twice."""
+    def half_angles(self, height: int, width: int, scale: float = 1.0) -> torch.Tensor:
+        """Angles [H, W, head_dim / 2] of an H x W grid: the y angles then the x angles.
+        ``angles`` repeats them twice."""
         y, x = grid_coordinates(height, width, self.periods.device)
-        if rows is not None:
-            y = y[rows[0]:rows[1]]
         y, x = y * scale, x * scale
         periods = self.periods.float()
-        ay = 2 * math.pi * y[:, None] / periods  # [r, P]
+        ay = 2 * math.pi * y[:, None] / periods  # [H, P]
         ax = 2 * math.pi * x[:, None] / periods  # [W, P]
-        n = y.shape[0]
-        return torch.cat((ay[:, None, :].expand(n, width, -1), ax[None, :, :].expand(n, width, -1)), dim=-1)
+        return torch.cat((ay[:, None, :].expand(height, width, -1), ax[None, :, :].expand(height, width, -1)), dim=-1)
 
     def angles(self, height: int, width: int, scale: float = 1.0) -> torch.Tensor:
         """Angles [H, W, head_dim] for an H x W grid."""

@@ -95,6 +95,15 @@ def _label(name: str, shape: Sequence[int]) -> str:
     return f"{name} {shape[-2]}x{shape[-1]}"
 
 
+def _upsampled_panel(
+    label: str, upsample: UpsampleFeatures, photo: torch.Tensor, low: torch.Tensor, basis: PCABasis, settings: PcaSettings,
+) -> Panel:
+    """photo [1, 3, H, W] and low-res features [1, C, h, w] on the model's device -> the upsampled map's panel."""
+    upsampled, _ = upsample(photo, low)
+    high = as_tensor(upsampled) if isinstance(upsampled, BandedFeatures) else upsampled[0].float().cpu()
+    return Panel(_label(label, high.shape), tensor_rgb(high, basis, settings))
+
+
 def pca_from_images(
     source: ImageSource, extract: ExtractFeatures, upsamplers: Sequence[tuple[str, UpsampleFeatures]],
     sink: ImageSink, settings: PcaSettings, warn: Warn,
@@ -123,10 +132,8 @@ def pca_from_images(
         panels = [Panel(_label("photo", image.size), image.rgb()),
                   Panel(_label("low-res", lr.shape), tensor_rgb(lr, basis, settings))]
         photo = image.rgb()[None].to(extract.device)
-        for label, upsample in upsamplers:
-            upsampled, _ = upsample(photo, lr[None].to(extract.device))
-            high = upsampled.materialise() if isinstance(upsampled, BandedFeatures) else upsampled[0].float().cpu()
-            panels.append(Panel(_label(label, high.shape), tensor_rgb(high, basis, settings)))
+        panels += [_upsampled_panel(label, upsample, photo, lr[None].to(extract.device), basis, settings)
+                   for label, upsample in upsamplers]
         written.append(sink.write(name, compose(panels, settings.height)))
     return written
 
@@ -169,9 +176,7 @@ def pca_from_files(
         if upsamplers:
             assert photo is not None
             lr = torch.from_numpy(low_files[0][name]).float()[None].to(device)
-            for label, upsample in upsamplers:
-                upsampled, _ = upsample(photo.rgb()[None].to(device), lr)
-                high = upsampled.materialise() if isinstance(upsampled, BandedFeatures) else upsampled[0].float().cpu()
-                panels.append(Panel(_label(label, high.shape), tensor_rgb(high, basis, settings)))
+            panels += [_upsampled_panel(label, upsample, photo.rgb()[None].to(device), lr, basis, settings)
+                       for label, upsample in upsamplers]
         written.append(sink.write(name, compose(panels, settings.height)))
     return written

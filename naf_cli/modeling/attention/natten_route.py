@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from naf_cli.modeling.attention.problem import AttentionProblem
+from naf_cli.modeling.attention.reference import nearest_to_output
 
 
 def _heads_last(t: torch.Tensor, num_heads: int, width: int) -> torch.Tensor:
@@ -79,13 +80,10 @@ class NattenBackend:
         import natten
 
         batch, qk_dim, big_h, big_w = query.shape
-        if row0 != 0 or big_h != out_height:
-            raise ValueError("the natten backend computes the whole output at once")
         value_dim = value.shape[1]
         head_qk, head_v = qk_dim // num_heads, value_dim // num_heads
         width = _head_width(max(head_qk, head_v))
-        k_up = F.interpolate(key, size=(big_h, big_w), mode="nearest")
-        v_up = F.interpolate(value, size=(big_h, big_w), mode="nearest")
+        k_up, v_up = nearest_to_output(self.name, query, key, value, row0, out_height)
         dilation = (big_h // key.shape[-2], big_w // key.shape[-1])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # flex attention without torch.compile, deprecations

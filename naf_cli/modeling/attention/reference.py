@@ -19,6 +19,18 @@ from naf_cli.modeling import windows
 from naf_cli.modeling.attention.problem import AttentionProblem
 
 
+def nearest_to_output(
+    name: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, row0: int, out_height: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values nearest-resized to the output, [B, D, H, W] and [B, C, H, W], for a
+    backend that computes the whole output at once (``query`` must be all of it)."""
+    big_h, big_w = query.shape[-2:]
+    if row0 != 0 or big_h != out_height:
+        raise ValueError(f"the {name} backend computes the whole output at once")
+    return (F.interpolate(key, size=(big_h, big_w), mode="nearest"),
+            F.interpolate(value, size=(big_h, big_w), mode="nearest"))
+
+
 @lru_cache(maxsize=64)
 def dilated_neighbors(n_out: int, n_low: int, kernel_size: int, device: torch.device) -> torch.Tensor:
     """[n_out, k']: positions on the output axis that output position ``p`` attends to.
@@ -53,12 +65,11 @@ class ReferenceBackend:
     ) -> torch.Tensor:
         """The whole output: query [B, D, H, W] (``row0`` 0), key [B, D, h, w], value [B, C, h, w] -> [B, C, H, W]."""
         batch, qk_dim, big_h, big_w = query.shape
-        if row0 != 0 or big_h != out_height:
-            raise ValueError("the reference backend computes the whole output at once")
         value_dim = value.shape[1]
         head_qk, head_v = qk_dim // num_heads, value_dim // num_heads
-        k_up = F.interpolate(key, size=(big_h, big_w), mode="nearest").view(batch, num_heads, head_qk, big_h, big_w)
-        v_up = F.interpolate(value, size=(big_h, big_w), mode="nearest").view(batch, num_heads, head_v, big_h, big_w)
+        k_up, v_up = nearest_to_output(self.name, query, key, value, row0, out_height)
+        k_up = k_up.view(batch, num_heads, head_qk, big_h, big_w)
+        v_up = v_up.view(batch, num_heads, head_v, big_h, big_w)
         rows = dilated_neighbors(big_h, key.shape[-2], kernel_size, query.device)
         cols = dilated_neighbors(big_w, key.shape[-1], kernel_size, query.device)
         window = rows.shape[1] * cols.shape[1]
