@@ -18,7 +18,7 @@ __version__ = "0.2.0.dev0"
 _EXPORTS = {
     "BACKBONES": "naf_cli.backbones", "Backbone": "naf_cli.backbones", "load_backbone": "naf_cli.backbones",
     "load_naf": "naf_cli.checkpoints", "save_naf": "naf_cli.checkpoints",
-    "NafError": "naf_cli.errors",
+    "NafError": "naf_cli.errors", "FeatureFile": "naf_cli.features", "merge_outputs": "naf_cli.pipeline.merge",
     "DecodedImage": "naf_cli.images", "load_image": "naf_cli.images", "read_image": "naf_cli.images",
     "NAF": "naf_cli.modeling", "Upsampler": "naf_cli.modeling", "cross_scale_neighborhood_attention": "naf_cli.modeling",
     "ImageSource": "naf_cli.pipeline", "OutputSize": "naf_cli.pipeline", "extract_folder": "naf_cli.pipeline",
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from naf_cli.backbones import BACKBONES, Backbone, load_backbone
     from naf_cli.checkpoints import load_naf, save_naf
     from naf_cli.errors import NafError
+    from naf_cli.features import FeatureFile
     from naf_cli.images import DecodedImage, load_image, read_image
     from naf_cli.modeling import NAF, Upsampler, cross_scale_neighborhood_attention
     from naf_cli.pipeline import (
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         upsample_image,
         write_image,
     )
+    from naf_cli.pipeline.merge import merge_outputs
     from naf_cli.upsamplers import UPSAMPLERS, load_upsampler
 
 

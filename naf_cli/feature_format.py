@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import h5py
+import numpy as np
 
 FEATURES_GROUP = "features"
 FORMAT_VERSION = 2
@@ -29,4 +30,13 @@ def plain_attr(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    return value
+
+
+def as_attr(value: object) -> object:
+    """An h5py-friendly attribute: tuples become arrays, None becomes an empty string."""
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return np.asarray(value)
     return value

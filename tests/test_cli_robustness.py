@@ -12,14 +12,9 @@ import time
 import h5py
 import numpy as np
 import pytest
+from cli_runs import NAF, naf
 from feature_files import dataset_names
 from odd_inputs import make_odd_folder
-
-NAF = [sys.executable, "-m", "naf_cli"]
-
-
-def naf(*args: str, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*NAF, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ and `naf upsample lr.h5` for files written by naf or by another tool."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_runs import NAF
 from torch.utils.data import DataLoader
 
 from naf_cli.datasets import FeatureDataset, UpsamplingDataset
@@ -18,7 +18,6 @@ from naf_cli.errors import NafError
 from naf_cli.features import FeatureFile
 from naf_cli.pipeline.sizes import OutputSize
 
-NAF = [sys.executable, "-m", "naf_cli"]
 NAMES = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
 
 

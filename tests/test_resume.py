@@ -3,7 +3,6 @@ disk; every interrupted-then-resumed file must equal an uninterrupted run's (doc
 
 from __future__ import annotations
 
-import os
 import resource
 import shutil
 import signal
@@ -13,26 +12,14 @@ from pathlib import Path
 
 import h5py
 import pytest
+from cli_runs import NAF, naf, six_photos
 from feature_files import contents, dataset_names
 from PIL import Image
-
-NAF = [sys.executable, "-m", "naf_cli"]
-
-
-def naf(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*NAF, *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})}, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, examples_dir) -> Path:
-    """Six distinct photos: the four examples and two mirrored copies."""
-    folder = tmp_path_factory.mktemp("photos")
-    for path in sorted(examples_dir.glob("*.jpg")):
-        shutil.copy(path, folder / path.name)
-    for name in ("chelsea.jpg", "rocket.jpg"):
-        Image.open(examples_dir / name).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"mirror-{name}")
-    return folder
+    return six_photos(tmp_path_factory.mktemp("photos"), examples_dir)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
+from cli_runs import NAF
 from feature_files import contents
-
-NAF = [sys.executable, "-m", "naf_cli"]
 
 
 def test_workers_give_the_same_file_as_inline_decoding(tmp_path, examples_dir):

@@ -21,6 +21,7 @@ from naf_cli.cli.env_cmds import env, models
 from naf_cli.cli.errors import debug_enabled, describe, set_debug
 from naf_cli.cli.extract_cmd import extract
 from naf_cli.cli.info_cmd import info
+from naf_cli.cli.merge_cmd import merge
 from naf_cli.cli.pca_cmd import pca
 from naf_cli.cli.train_cmd import train
 from naf_cli.cli.upsample_cmd import upsample
@@ -141,6 +142,7 @@ def main(
 app.command()(extract)
 app.command()(upsample)
 app.command()(info)
+app.command()(merge)
 app.command()(train)
 app.command()(bench)
 app.command()(pca)

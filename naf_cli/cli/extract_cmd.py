@@ -16,6 +16,7 @@ from naf_cli.cli.options import (
     OutDtype,
     Output,
     Overwrite,
+    Shard,
     ShardImages,
     Strict,
     Vfm,
@@ -37,11 +38,12 @@ def extract(
     overwrite: Overwrite = False,
     out_dtype: OutDtype = "float16",
     compression: Compression = "none",
+    shard: Shard = None,
     shard_images: ShardImages = None,
     workers: Workers = None,
     batch_size: BatchSize = 1,
 ) -> None:
     """Store each image's low-resolution backbone features (with its path, size and hash)."""
     options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
-                         out_dtype, compression, shard_images, workers, batch_size)
+                         out_dtype, compression, shard_images, workers, batch_size, shard)
     raise typer.Exit(run_job(options, None))

@@ -14,8 +14,35 @@ from naf_cli.errors import OptionError
 
 if TYPE_CHECKING:
     from naf_cli.pipeline import HDF5FeatureSink, ImageSource, OutputSize
+    from naf_cli.pipeline.distributed import TorchrunRank
+    from naf_cli.pipeline.partition import Partition
+    from naf_cli.pipeline.progress import Progress
     from naf_cli.pipeline.run import RunSummary
     from naf_cli.pipeline.transforms import Transform
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which part of the run this process does: ``--shard I/N``, a torchrun rank, or all of it."""
+
+    partition: Partition
+    rank: TorchrunRank | None = None
+
+    @classmethod
+    def of(cls, options: JobOptions) -> Split:
+        from naf_cli.pipeline.distributed import torchrun_rank
+        from naf_cli.pipeline.partition import Partition
+
+        rank = torchrun_rank()
+        if options.shard is None:
+            return cls(rank.partition if rank else Partition(), rank)
+        if rank is not None:
+            raise OptionError("--shard and torchrun both split the run; fix: drop --shard under torchrun (its ranks split the inputs)")
+        partition = Partition.parse(options.shard)
+        if options.overwrite and not partition.is_whole:
+            raise OptionError(f"--overwrite with --shard {options.shard} would delete the other parts' work; fix: delete "
+                              f"{options.output} and {options.output}.shards before starting the parts")
+        return cls(partition)
 
 
 @dataclass(frozen=True)
@@ -37,6 +64,7 @@ class JobOptions:
     shard_images: int | None = None
     workers: int | None = None
     batch_size: int = 1
+    shard: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,11 +95,13 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     from naf_cli.backbones import get_spec, load_backbone
     from naf_cli.cli.options import resolve_device
     from naf_cli.pipeline import ExtractAndUpsample, ExtractFeatures, HDF5FeatureSink, ImageSource, OutputSize, UpsampleFeatures
+    from naf_cli.pipeline.distributed import rank_device
     from naf_cli.pipeline.memory import available_bytes, gib, parse_bytes
     from naf_cli.pipeline.sizes import check_positive
     from naf_cli.upsamplers import get_factory, load_upsampler
 
     # 1. options and paths: nothing loaded, nothing written
+    split = Split.of(options)
     check_positive("--long-side", options.long_side)
     limit = parse_bytes(upsample.max_memory) if upsample else None
     rule = OutputSize.parse(upsample.output_size, upsample.scale) if upsample else None
@@ -79,12 +109,12 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     if upsample is not None:
         get_factory(upsample.upsampler)
     sink = HDF5FeatureSink(options.output, options.overwrite, options.out_dtype, options.compression, options.shard_images)
-    device = resolve_device(options.device)
+    device = resolve_device(rank_device(options.device, split.rank) if split.rank else options.device)
     stored_path = feature_file_input(options.inputs)
     if stored_path is not None:
         if upsample is None or rule is None:
             raise OptionError(f"{stored_path} is a feature file; fix: naf extract takes images (naf upsample takes an extract file)")
-        return _upsample_stored(stored_path, sink, device, upsample, rule, options)
+        return _upsample_stored(stored_path, sink, device, upsample, rule, options, split)
     source = ImageSource(options.inputs, options.globs, options.files_from)
     if not len(source):
         where = ", ".join(map(str, options.inputs)) or str(options.files_from)
@@ -119,11 +149,11 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
         transform = ExtractFeatures(backbone, options.long_side)
         description = f"{spec.name} features"
     # 3. the run
-    return _run(source, transform, sink, options, description)
+    return _run(source, transform, sink, options, description, split)
 
 
 def _upsample_stored(path: Path, sink: HDF5FeatureSink, device: str, upsample: UpsampleOptions, rule: OutputSize,
-                     options: JobOptions) -> int:
+                     options: JobOptions, split: Split) -> int:
     """``naf upsample lr.h5``: the features of an extract file, upsampled without a backbone pass."""
     from naf_cli.datasets import source_image_path
     from naf_cli.features import FeatureFile
@@ -141,25 +171,59 @@ def _upsample_stored(path: Path, sink: HDF5FeatureSink, device: str, upsample: U
     upsampler.check_channels(int(stored.dataset(stored.names[0]).shape[0]))
     transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule, parse_bytes(upsample.max_memory)))
     description = f"{path.name} + {info.name} ({rule.describe()})"
-    return _run(source, transform, sink, options, description)
+    return _run(source, transform, sink, options, description, split)
 
 
-def _run(source: ImageSource, transform: Transform, sink: HDF5FeatureSink, options: JobOptions, description: str) -> int:
-    from naf_cli.cli.progress import make_progress
+def _run(source: ImageSource, transform: Transform, sink: HDF5FeatureSink, options: JobOptions, description: str,
+         split: Split) -> int:
+    from naf_cli.cli.progress import PartProgress, make_progress
+    from naf_cli.pipeline.progress import SilentProgress
     from naf_cli.pipeline.run import run_pipeline
 
     if options.workers is not None and options.workers < 0:
         raise OptionError(f"--workers must be 0 or more, got {options.workers}")
-    summary = run_pipeline(source, transform, sink, make_progress(), options.strict, {"command": command_line()},
-                           description, options.workers, options.batch_size)
-    _print_summary(summary)
+    partition = split.partition
+    if split.rank is not None:
+        _start_ranks(split.rank, source, transform, sink, options)
+    progress: Progress = make_progress() if split.rank is None or split.rank.rank == 0 else SilentProgress()
+    if not partition.is_whole:
+        progress = PartProgress(progress, f"part {partition.label}")
+    summary = run_pipeline(source, transform, sink, progress, options.strict, {"command": command_line()},
+                           description, options.workers, options.batch_size, partition)
+    if split.rank is None or split.rank.rank == 0:
+        _print_summary(summary)
     resumed = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""
-    print(f"wrote {summary.done} image(s) to {summary.output}{resumed}")
+    part = "" if partition.is_whole else f"part {partition.label}: "
+    print(f"{part}wrote {summary.done} image(s) to {summary.output}{resumed}")
+    status = summary.status
+    if not partition.is_whole and status is not None:
+        if status.complete:
+            print(f"{summary.output} is complete: all {status.parts_total} parts finished")
+        else:
+            print(f"{summary.output}: {len(status.parts_finished)} of {status.parts_total} parts finished; waiting for "
+                  f"{', '.join(status.pending_parts) or '-'} (the run is complete when every part has finished, into "
+                  f"this output, or into their own outputs joined with naf merge)")
+        if status.problem:
+            print(f"warning: {summary.output} cannot be complete: {status.problem}", file=sys.stderr)
     if summary.skipped:
         print(f"warning: {len(summary.skipped)} of {summary.total} input(s) skipped (named above, and in the "
               f"file's skipped_images attribute)", file=sys.stderr)
         return EXIT_SKIPPED
     return EXIT_OK
+
+
+def _start_ranks(rank: TorchrunRank, source: ImageSource, transform: Transform, sink: HDF5FeatureSink,
+                 options: JobOptions) -> None:
+    """torchrun: check that every rank runs the same job, and let rank 0 alone apply --overwrite."""
+    from naf_cli.pipeline.distributed import start_together
+    from naf_cli.pipeline.run import run_settings
+    from naf_cli.pipeline.shard_catalog import inputs_digest
+
+    overwrite, sink.overwrite = sink.overwrite, False
+    agreed = {"settings": sink.settings(run_settings(transform, options.batch_size)),
+              "inputs": {"count": len(source), "sha256": inputs_digest(item.name for item in source)}}
+    start_together(rank, str(transform.device), agreed, sink.output.absolute().parent,
+                   sink.remove_previous if overwrite else lambda: None)
 
 
 def _print_summary(summary: RunSummary) -> None:

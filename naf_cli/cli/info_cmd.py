@@ -38,7 +38,14 @@ def _render(summary: dict) -> None:
     table.add_column(overflow="fold")  # hashes and paths are folded, never cut
     table.add_row("file", summary["file"])
     table.add_row("size on disk", f"{human_bytes(summary['size_on_disk_bytes'])} ({summary['size_on_disk_bytes']:,} bytes)")
-    table.add_row("complete", "yes" if summary["complete"] else "no: an interrupted or unfinished run (rerun its command to resume)")
+    parts = summary["parts"]
+    if summary["complete"]:
+        table.add_row("complete", "yes")
+    elif parts["total"] > 1:
+        table.add_row("complete", f"no: {len(parts['finished'])} of {parts['total']} parts finished, waiting for "
+                                  f"{', '.join(parts['pending'])} (run or resume them; outputs of separate parts: naf merge)")
+    else:
+        table.add_row("complete", "no: an interrupted or unfinished run (rerun its command to resume)")
     for section in ("run", "backbone", "upsampler"):
         for key, value in summary[section].items():
             table.add_row(key, str(value))

@@ -50,6 +50,12 @@ ShardImages = Annotated[
     Optional[int],
     typer.Option("--shard-images", help="Images per shard file at most (default: a shard every 30 s or more); smaller loses less on a crash."),
 ]
+Shard = Annotated[
+    Optional[str],
+    typer.Option("--shard", help="I/N: do part I of N of the inputs (0 <= I < N), e.g. one per SLURM array task; parts may "
+                 "share -o (the last to finish completes it) or write their own, joined by `naf merge`. Under torchrun, "
+                 "ranks split the run without it.", show_default=False),
+]
 
 
 def resolve_device(name: str) -> str:

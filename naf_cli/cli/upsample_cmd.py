@@ -20,6 +20,7 @@ from naf_cli.cli.options import (
     OutDtype,
     Output,
     Overwrite,
+    Shard,
     ShardImages,
     Strict,
     Vfm,
@@ -51,6 +52,7 @@ def upsample(
     overwrite: Overwrite = False,
     out_dtype: OutDtype = "float16",
     compression: Compression = "none",
+    shard: Shard = None,
     shard_images: ShardImages = None,
     workers: Workers = None,
     batch_size: BatchSize = 1,
@@ -65,5 +67,5 @@ def upsample(
     upsampled without a second backbone pass.
     """
     options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
-                         out_dtype, compression, shard_images, workers, batch_size)
+                         out_dtype, compression, shard_images, workers, batch_size, shard)
     raise typer.Exit(run_job(options, UpsampleOptions(upsampler, checkpoint, output_size, scale, image_root, max_memory)))

@@ -11,17 +11,24 @@ from naf_cli.errors import NafError
 from naf_cli.feature_format import FEATURES_GROUP, list_datasets, plain_attr
 
 RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_root", "out_dtype", "compression",
-            "shard_folder")
+            "shard_folder", "merged_from")
 BACKBONE_KEYS = ("backbone", "backbone_timm", "backbone_weights", "backbone_weights_sha256", "patch_size", "channels",
                  "long_side")
 UPSAMPLER_KEYS = ("upsampler", "checkpoint", "checkpoint_sha256", "output_size_mode", "scale")
 
 
-def _folder_bytes(folder: Path) -> int:
-    """Bytes of the files in the shard folder (0 when there is none)."""
-    if not folder.name or not folder.is_dir():
-        return 0
-    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+def _linked_bytes(path: Path, link_files: set[str]) -> int:
+    """Bytes of the index and of every file its datasets link to (shards), each counted once."""
+    files = {path.resolve()} | {(path.parent / name).resolve() for name in link_files}
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def _parts(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The split: parts of the run and which have finished (whole runs: one part)."""
+    total = int(attrs.get("parts_total", 1))
+    finished = [int(i) for i in attrs.get("parts_finished", [])]
+    return {"total": total, "finished": finished,
+            "pending": [f"{i}/{total}" for i in range(total) if i not in finished]}
 
 
 def describe_feature_file(path: Path) -> dict[str, Any]:
@@ -39,8 +46,12 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
     with h5py.File(path, "r") as handle:
         attrs = {key: plain_attr(value) for key, value in handle.attrs.items()}
         datasets: list[dict[str, Any]] = []
+        link_files: set[str] = set()
         group = handle.get(FEATURES_GROUP)
         for name in list_datasets(group) if isinstance(group, h5py.Group) else []:
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                link_files.add(link.filename)
             node = group[name]
             datasets.append({
                 "name": name, "shape": list(node.shape), "dtype": str(node.dtype),
@@ -56,8 +67,9 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
     widths = [d["shape"][-1] for d in datasets if len(d["shape"]) >= 2]
     return {
         "file": str(path),
-        "size_on_disk_bytes": path.stat().st_size + _folder_bytes(path.parent / str(attrs.get("shard_folder", ""))),
+        "size_on_disk_bytes": _linked_bytes(path, link_files),
         "complete": bool(attrs.get("complete", False)),
+        "parts": _parts(attrs),
         "run": {key: attrs[key] for key in RUN_KEYS if key in attrs},
         "backbone": {key: attrs[key] for key in BACKBONE_KEYS if key in attrs},
         "upsampler": {key: attrs[key] for key in UPSAMPLER_KEYS if key in attrs},

@@ -10,7 +10,10 @@ rewritten atomically (write a temporary file, then rename) after every shard::
     feats.h5.shards/shard-000000.h5 ...   /features/<name>: [C, H, W] datasets
 
 After ``kill -9`` the index holds every image of every published shard, each complete;
-the same command again skips them. docs/format.md is the reference.
+the same command again skips them. A run split over processes (``--shard I/N``, torchrun)
+writes one folder: each part its own shards and a ``part-<I>of<N>.json`` state file, and
+every part rebuilds the index from the folder (``shard_catalog``). docs/format.md is the
+reference.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,78 +33,56 @@ import numpy as np
 import torch
 
 import naf_cli
-from naf_cli.errors import OutputError, RunError
-from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, list_datasets
+from naf_cli.errors import NafError, OutputError, RunError
+from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, as_attr
 from naf_cli.pipeline.banded import BandedFeatures
+from naf_cli.pipeline.disk import check_room, fsync_path, write_json_atomic, writer_id
+from naf_cli.pipeline.partition import Partition
+from naf_cli.pipeline.shard_catalog import (
+    RUN_FILE,
+    PartState,
+    RunStatus,
+    ShardCatalog,
+    inputs_digest,
+    part_file,
+    read_parts,
+    run_status,
+    shard_file_name,
+    shard_owner,
+    write_index,
+)
 from naf_cli.pipeline.sizes import chunk_shape
 
-RUN_FILE = "run.json"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 COMPRESSIONS = ("none", "gzip", "lzf")
 # shards close after this long at least, and never more often than 20x the index rewrite
 # time, so rewriting the index costs at most about 5% of the run
 SHARD_SECONDS = 30.0
 INDEX_OVERHEAD = 20.0
+# index rewrites in a row when other parts keep publishing meanwhile (each one converges)
+INDEX_ATTEMPTS = 100
 
 
 def shard_folder(output: Path) -> Path:
     return output.with_name(output.name + ".shards")
 
 
-def as_attr(value: object) -> object:
-    """h5py-friendly attribute: tuples become arrays, None becomes an empty string."""
-    if value is None:
-        return ""
-    if isinstance(value, tuple):
-        return np.asarray(value)
-    return value
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# room kept beyond the data for HDF5's own metadata
-METADATA_SLACK = 1 << 20
 _KILL_COUNTS: dict[str, int] = {}
 
 
 def _kill_point(event: str) -> None:
     """Test hook: ``NAF_TEST_KILL_AT=published:2`` SIGKILLs this process at the 2nd such event
-    (``published``: a shard renamed and the index rewritten; ``writing``: inside a dataset write)."""
+    (``published``: a shard renamed and the index rewritten; ``writing``: inside a dataset write);
+    ``published:1@1`` only in the process whose ``RANK`` (torchrun) is 1."""
     wanted = os.environ.get("NAF_TEST_KILL_AT")
     if not wanted:
+        return
+    wanted, _, rank = wanted.partition("@")
+    if rank and os.environ.get("RANK") != rank:
         return
     _KILL_COUNTS[event] = _KILL_COUNTS.get(event, 0) + 1
     if wanted == f"{event}:{_KILL_COUNTS[event]}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def check_room(path: Path, needed: int, what: str) -> None:
-    """RunError before a write that cannot fit: HDF5 cannot recover from a failed write (the
-    process can even crash when the half-written file is cleaned up), so it must not start one.
-
-    Checks the free space of ``path``'s file system and the process's file-size limit
-    (``ulimit -f``) against ``path``'s size plus ``needed`` bytes.
-    """
-    from naf_cli.pipeline.memory import human_bytes
-
-    needed += METADATA_SLACK
-    folder = path.parent
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise RunError(f"cannot write {what}: about {human_bytes(needed)} needed, {human_bytes(free)} free on the disk "
-                       f"of {folder}; fix: free disk space, then rerun the same command to resume")
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    size = path.stat().st_size if path.exists() else 0
-    if limit != resource.RLIM_INFINITY and size + needed > limit:
-        raise RunError(f"cannot write {what}: {path.name} would grow to about {human_bytes(size + needed)}, past the "
-                       f"file-size limit of {human_bytes(limit)} (ulimit -f); fix: raise the limit or free disk space, "
-                       f"then rerun the same command to resume (or use a smaller --shard-images)")
 
 
 class HDF5FeatureSink:
@@ -116,7 +96,9 @@ class HDF5FeatureSink:
         shard_images: images per shard at most (None: by time only).
         shard_seconds: a shard closes after this long at least (see ``INDEX_OVERHEAD``).
 
-    The output path is checked on construction, before any work.
+    The output path is checked on construction, before any work. ``prepare`` says which
+    part of a split run this process writes; ``status`` is the whole run's state as of the
+    last index written.
     """
 
     def __init__(
@@ -143,10 +125,11 @@ class HDF5FeatureSink:
         self.compression = compression
         self.shard_images = shard_images
         self.shard_seconds = shard_seconds
+        self.partition = Partition()
+        self.catalog = ShardCatalog(self.shards)
+        self.status: RunStatus | None = None
         self.attrs: dict[str, object] = {}
-        self.links: dict[str, str] = {}  # image name -> shard file name, for every published image
-        self.total = 0
-        self.skipped: list[tuple[str, str]] = []
+        self._part = PartState(self.partition)
         self._shard: h5py.File | None = None
         self._shard_path: Path | None = None
         self._shard_names: list[str] = []
@@ -163,67 +146,102 @@ class HDF5FeatureSink:
         return {"format_version": FORMAT_VERSION, "out_dtype": self.dtype, "compression": self.compression,
                 **{k: _jsonable(v) for k, v in run_settings.items()}}
 
-    def prepare(self, run_settings: Mapping[str, object]) -> set[str]:
-        """Before any work: start a new output, or find what a previous run finished.
+    def prepare(self, run_settings: Mapping[str, object], partition: Partition = Partition()) -> set[str]:
+        """Before any work: start a new output, or find what earlier runs finished.
 
-        Returns the names already done. Settings that differ from the previous run's are an
-        OutputError naming the first difference.
+        ``partition`` is the part of a split run this process writes (the whole run by
+        default). Returns the names already done, by any part. Settings that differ from
+        the output's are an OutputError naming the first difference.
         """
-        wanted = self.settings(run_settings)
-        run_file = self.shards / RUN_FILE
+        self.partition = partition
+        self._part = PartState(partition)
         if self.overwrite:
-            self._remove_previous()
-        elif run_file.is_file():
-            done = self._scan_shards()
-            if done:  # finished work is protected: only the same settings may add to it
-                previous = json.loads(run_file.read_text())
-                for key in sorted(set(wanted) | set(previous)):
-                    if previous.get(key) != wanted.get(key):
-                        raise OutputError(
-                            f"{self.output} was written with {key}={previous.get(key)!r}, this run has "
-                            f"{key}={wanted.get(key)!r}; fix: rerun with the same options to resume, or pass "
-                            f"--overwrite to start again"
-                        )
-                return done
+            self.remove_previous()
         self.shards.mkdir(exist_ok=True)
-        tmp = run_file.with_name(RUN_FILE + ".tmp")
-        tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
-        os.replace(tmp, run_file)
-        return set()
+        self.catalog.refresh()
+        done = set(self.catalog.links())
+        self._agree_settings(self.settings(run_settings), bool(done))
+        self._remove_stale()
+        own = [owner[1] for path in self.shards.glob("shard-*.h5")
+               if (owner := shard_owner(path.name)) is not None and owner[0] == partition]
+        self._next_shard = max(own, default=-1) + 1
+        return done
 
-    def _remove_previous(self) -> None:
+    def _agree_settings(self, wanted: dict[str, object], anything_done: bool) -> None:
+        """Create run.json, or check this run's settings against it.
+
+        Finished work is protected: only the same settings may add to it. A whole run that
+        finished nothing may replace the settings; parts of a split run never do (another
+        part may have started with them a moment ago).
+        """
+        run_file = self.shards / RUN_FILE
+        tmp = run_file.with_name(f".{RUN_FILE}.tmp-{writer_id()}")
+        tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
+        try:
+            os.link(tmp, run_file)  # created only if absent: two parts starting at once agree on one file
+            return
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            if not run_file.exists():
+                os.replace(tmp, run_file)
+                return
+        finally:
+            tmp.unlink(missing_ok=True)
+        previous = json.loads(run_file.read_text())
+        if previous == wanted:
+            return
+        if not anything_done and self.partition.is_whole:
+            write_json_atomic(run_file, wanted)
+            return
+        again = ("pass --overwrite to start again" if self.partition.is_whole else
+                 f"to start again, delete {self.output} and {self.shards} (or pass --overwrite with torchrun)")
+        for key in sorted(set(wanted) | set(previous)):
+            if previous.get(key) != wanted.get(key):
+                raise OutputError(
+                    f"{self.output} was written with {key}={previous.get(key)!r}, this run has "
+                    f"{key}={wanted.get(key)!r}; fix: rerun with the same options to resume, or {again}"
+                )
+
+    def remove_previous(self) -> None:
+        """Delete the output and its shard folder (``--overwrite``; in a split run, one process does it)."""
         if self.shards.is_dir():
             if not (self.shards / RUN_FILE).is_file():
                 raise OutputError(f"{self.shards} exists but is not a naf shard folder; fix: move it away or choose another -o path")
             shutil.rmtree(self.shards)
         self.output.unlink(missing_ok=True)
 
-    def _scan_shards(self) -> set[str]:
-        """Published shards: their images are done. Unfinished (.partial) shards are deleted."""
-        for partial in self.shards.glob("shard-*.h5.partial"):
-            partial.unlink()
-        numbers = []
-        for shard in sorted(self.shards.glob("shard-*.h5")):
-            numbers.append(int(shard.stem.split("-")[1]))
-            with h5py.File(shard, "r") as handle:
-                for name in list_datasets(handle[FEATURES_GROUP]):
-                    self.links[name] = shard.name
-        self._next_shard = max(numbers, default=-1) + 1
-        return set(self.links)
+    def _remove_stale(self) -> None:
+        """Unfinished shards (their images are redone) and state files that no running part owns.
+
+        A whole run owns the folder: it removes every ``.partial`` shard and every other part
+        file. A part of N removes its own unfinished shards and those of other splits (an
+        earlier run with another N), never those of its sibling parts, which may be running.
+        """
+        mine = self.partition
+        for path in self.shards.iterdir():
+            owner = shard_owner(path.name)
+            if owner is not None and owner[2] and (mine.is_whole or owner[0] == mine or owner[0].count != mine.count):
+                path.unlink(missing_ok=True)
+        for part in read_parts(self.shards):
+            if part.partition != mine and (mine.is_whole or part.partition.count != mine.count):
+                part_file(self.shards, part.partition).unlink(missing_ok=True)
 
     # -- writing ------------------------------------------------------------------------------
 
-    def begin(self, attrs: Mapping[str, object], total: int = 0) -> None:
-        """Remember the run's attributes for the index; ``total`` is the number of inputs."""
+    def begin(self, attrs: Mapping[str, object], names: Sequence[str] = ()) -> None:
+        """Remember the run's attributes for the index; ``names`` are every input of the whole run
+        (each part lists them all; parts that list different inputs cannot complete the run)."""
         self.attrs = {"format_version": FORMAT_VERSION, "producer": f"naf-cli {naf_cli.__version__}",
                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "out_dtype": self.dtype, "compression": self.compression, **attrs}
-        self.total = total
-        if self.links:
-            self._write_index(complete=False)
+        self._part = PartState(self.partition, False, len(names), inputs_digest(names))
+        self._part.write(self.shards)
+        if self.catalog.links():
+            self._write_index()
 
     def _open_shard(self) -> h5py.File:
-        self._shard_path = self.shards / f"shard-{self._next_shard:06d}.h5.partial"
+        self._shard_path = self.shards / (shard_file_name(self.partition, self._next_shard) + ".partial")
         self._next_shard += 1
         try:
             handle = h5py.File(self._shard_path, "w")
@@ -306,7 +324,7 @@ class HDF5FeatureSink:
             self._publish()
 
     def record_skip(self, name: str, reason: str) -> None:
-        self.skipped.append((name, reason))
+        self._part.skipped.append((name, reason))
 
     def _close_shard(self) -> None:
         """Close the current shard and give it its final name: its images are finished."""
@@ -314,50 +332,47 @@ class HDF5FeatureSink:
             return
         self._shard.close()
         self._shard = None
-        _fsync_path(self._shard_path)
+        fsync_path(self._shard_path)
         final = self._shard_path.with_name(self._shard_path.name.removesuffix(".partial"))
         os.replace(self._shard_path, final)
-        for name in self._shard_names:
-            self.links[name] = final.name
+        self.catalog.add(final.name, self._shard_names)
 
     def _publish(self) -> None:
         """Close the current shard and rewrite the index to include it."""
         if self._shard is None:
             return
         self._close_shard()
-        self._write_index(complete=False)
+        self._part.write(self.shards)
+        self._write_index()
         _kill_point("published")
 
-    def _write_index(self, complete: bool) -> None:
-        started = time.monotonic()
-        tmp = self.output.with_name(f".{self.output.name}.tmp{os.getpid()}")
-        check_room(tmp, 200 * len(self.links), f"the index {self.output}")
-        try:
-            with h5py.File(tmp, "w") as index:
-                for key, value in self.attrs.items():
-                    index.attrs[key] = as_attr(value)
-                index.attrs["shard_folder"] = self.shards.name
-                index.attrs["complete"] = complete
-                index.attrs["images_total"] = self.total
-                index.attrs["images_done"] = len(self.links)
-                index.attrs["images_skipped"] = len(self.skipped)
-                index.attrs["skipped_images"] = json.dumps([{"image": n, "reason": r} for n, r in self.skipped], ensure_ascii=False)
-                group = index.create_group(FEATURES_GROUP)
-                for name in sorted(self.links):
-                    group[name] = h5py.ExternalLink(f"{self.shards.name}/{self.links[name]}", f"/{FEATURES_GROUP}/{name}")
-            _fsync_path(tmp)
-            os.replace(tmp, self.output)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            reason = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
-            raise RunError(f"cannot write the index {self.output}: {reason}; fix: free disk space, then rerun the same "
-                           f"command to resume (finished shards are kept)") from err
-        self._index_seconds = time.monotonic() - started
+    def _snapshot(self) -> tuple[tuple[str, ...], list[PartState]]:
+        return self.catalog.refresh(), read_parts(self.shards)
+
+    def _write_index(self) -> None:
+        """Rebuild the index from the folder: every published shard and every part's state.
+
+        Other parts may publish while this one writes; each part looks at the folder again
+        after its rename and writes again if it changed, so the last index written holds
+        everything published before it (no lock, and no message between parts).
+        """
+        for _ in range(INDEX_ATTEMPTS):
+            shards, parts = self._snapshot()
+            links = self.catalog.links()
+            status = run_status(parts, links)
+            attrs = {**self.attrs, "shard_folder": self.shards.name, "images_done": len(links), **status.attrs()}
+            targets = {name: f"{self.shards.name}/{shard}" for name, shard in links.items()}
+            self._index_seconds = write_index(self.output, attrs, targets)
+            self.status = status
+            if self._snapshot() == (shards, parts):
+                return
 
     def finish(self) -> Path:
-        """Publish the last shard and write the complete index."""
+        """Publish the last shard, mark this part finished and write the index."""
         self._close_shard()
-        self._write_index(complete=True)
+        self._part.finished = True
+        self._part.write(self.shards)
+        self._write_index()
         return self.output
 
     def abort(self) -> Path | None:
@@ -386,9 +401,11 @@ class HDF5FeatureSink:
                         self._shard = None
                         if self._shard_path is not None:
                             self._shard_path.unlink(missing_ok=True)
-        if self.links:
-            with contextlib.suppress(RunError):
-                self._write_index(complete=False)
+        with contextlib.suppress(OSError):
+            self._part.write(self.shards)
+        if self.catalog.links():
+            with contextlib.suppress(NafError, OSError):
+                self._write_index()
             return self.output
         return None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +20,9 @@ from naf_cli.errors import ImageReadError, InputSkipped, OptionError, RunError
 from naf_cli.images import DecodedImage
 from naf_cli.pipeline.banded import BandedFeatures
 from naf_cli.pipeline.memory import peak_bytes
+from naf_cli.pipeline.partition import Partition
 from naf_cli.pipeline.progress import Progress, TqdmProgress
+from naf_cli.pipeline.shard_catalog import RunStatus
 from naf_cli.pipeline.sources import ImageSource, InputItem
 from naf_cli.pipeline.streaming import BackgroundWriter, decoded_inputs, default_workers
 from naf_cli.pipeline.transforms import Result, Transform
@@ -29,14 +31,17 @@ from naf_cli.pipeline.transforms import Result, Transform
 class FeatureSink(Protocol):
     """Where per-image features go (``HDF5FeatureSink``); ``output`` is what users open.
 
-    ``prepare`` runs before any work and returns the names a previous run already finished.
+    ``prepare`` runs before any work, learns which part of a split run this process writes,
+    and returns the names earlier runs (or sibling parts) already finished. ``status`` is
+    the whole run's state once ``finish`` returns.
     """
 
     output: Path
+    status: RunStatus | None
 
-    def prepare(self, run_settings: Mapping[str, object]) -> set[str]: ...
+    def prepare(self, run_settings: Mapping[str, object], partition: Partition = Partition()) -> set[str]: ...
 
-    def begin(self, attrs: Mapping[str, object], total: int = 0) -> None: ...
+    def begin(self, attrs: Mapping[str, object], names: Sequence[str] = ()) -> None: ...
 
     def write(self, name: str, features: torch.Tensor | BandedFeatures, attrs: Mapping[str, object]) -> None: ...
 
@@ -51,10 +56,11 @@ class FeatureSink(Protocol):
 
 @dataclass
 class RunSummary:
-    """What a run did: the file written, images done and skipped (with reasons), time, peak memory."""
+    """What a run (or one part of a split run) did: the file written, images done and skipped
+    (with reasons), time, peak memory; ``status``: the whole run's state at the end."""
 
     output: Path
-    total: int = 0
+    total: int = 0  # inputs of this part (all inputs for a whole run)
     done: int = 0
     resumed: int = 0  # finished by an earlier run, not redone
     decode_seconds: float = 0.0  # reading and decoding, summed over the workers
@@ -63,6 +69,8 @@ class RunSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     peak_memory_bytes: int = 0
+    partition: Partition = field(default_factory=Partition)
+    status: RunStatus | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -84,6 +92,7 @@ def run_pipeline(
     description: str = "",
     workers: int | None = None,
     batch_size: int = 1,
+    partition: Partition = Partition(),
 ) -> RunSummary:
     """Run ``transform`` over every input of ``source`` into ``sink``; returns the summary.
 
@@ -91,31 +100,37 @@ def run_pipeline(
     ``workers`` decode ahead of the model (None: one core is left to the model, at most 4;
     0: decode inline); writing runs on a thread behind it. Images of one group of
     ``batch_size`` names that share a ``bucket_key`` run as one batch.
+
+    With ``partition`` (part I of N), this process takes every N-th batch group and writes
+    its own shards of the same output; the run is complete when every part has finished
+    (``summary.status``), whatever process finishes last.
     """
     if batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
     progress = progress or TqdmProgress()
-    summary = RunSummary(sink.output, total=len(source))
+    starts = partition.group_starts(len(source), batch_size)
+    mine = [item for start in starts for item in source.items[start:start + batch_size]]
+    summary = RunSummary(sink.output, total=len(mine), partition=partition)
     started = time.perf_counter()
-    already_done = sink.prepare(run_settings(transform, batch_size))
+    already_done = sink.prepare(run_settings(transform, batch_size), partition)
     sink.begin({"kind": transform.kind, "source_root": str(source.root), **transform.file_attrs(), **(run_attrs or {})},
-               total=len(source))
-    progress.start(len(source), description or transform.kind)
+               names=[item.name for item in source])
+    progress.start(len(mine), description or transform.kind)
     if already_done:
         progress.warn(f"resuming {sink.output}: {len(already_done)} image(s) already done are not redone")
-    for item in source:
+    for item in mine:
         if item.name in already_done:
             summary.resumed += 1
             progress.advance(item.name)
     workers = default_workers() if workers is None else workers
-    pending = [item for item in source if item.name not in already_done]
+    pending = [item for item in mine if item.name not in already_done]
     decoded = decoded_inputs(pending, workers, pin_memory=transform.device.type == "cuda")
     writer = BackgroundWriter(sink)
     notes: set[str] = set()
     try:
-        # batches come from fixed groups of the global name order, whatever is already done, so
-        # a resumed run batches (and so computes) every image exactly as an uninterrupted run
-        for start in range(0, len(source), batch_size):
+        # batches come from fixed groups of the global name order, whatever is already done and
+        # whatever the split, so every image is computed exactly as in one uninterrupted run
+        for start in starts:
             group = [item for item in source.items[start:start + batch_size] if item.name not in already_done]
             records = [next(decoded) for _ in group]
             ready: list[tuple[InputItem, DecodedImage, str]] = []
@@ -161,6 +176,7 @@ def run_pipeline(
     summary.peak_memory_bytes = peak_bytes(transform.device)
     summary.write_seconds = writer.seconds
     sink.finish()
+    summary.status = sink.status
     return summary
 
 

@@ -1,0 +1,126 @@
+"""Several outputs of one split run (``--shard I/N -o part-I.h5``) tied into one file users open.
+
+The merged file is an index like any other: relative external links into the parts' own
+shard folders, so no feature is copied. It is built only from what the parts published
+(their shards and part files), so merging while parts are still running is safe: it is
+written to a temporary file and renamed, and merging again later picks up what finished
+since. The result is the same whatever order the parts are given in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+
+import naf_cli
+from naf_cli.errors import OptionError, OutputError
+from naf_cli.feature_format import plain_attr
+from naf_cli.pipeline.h5out import shard_folder
+from naf_cli.pipeline.shard_catalog import RUN_FILE, RunStatus, ShardCatalog, read_parts, run_status, write_index
+
+# index attributes that describe one part's file, not the merged run
+_PER_FILE = frozenset({"shard_folder", "complete", "images_total", "images_done", "images_skipped", "skipped_images",
+                       "parts_total", "parts_finished", "created", "command", "merged_from"})
+
+
+@dataclass
+class MergeResult:
+    output: Path
+    images: int
+    status: RunStatus
+    duplicates: int  # images found in more than one part (overlapping runs): the first part's kept
+    folders: list[Path]
+
+
+def shard_folder_of(part: Path) -> Path:
+    """The shard folder of an output, given its index file (or the folder itself)."""
+    part = Path(part)
+    if part.is_dir() and (part / RUN_FILE).is_file():
+        return part
+    folder = shard_folder(part)
+    if (folder / RUN_FILE).is_file():
+        return folder
+    raise OptionError(f"{part} is not an output of naf extract or naf upsample (no {folder / RUN_FILE}); fix: pass the "
+                      f"-o files of the parts' runs")
+
+
+def _index_attrs(folder: Path) -> dict[str, object] | None:
+    index = folder.with_name(folder.name.removesuffix(".shards"))
+    if not index.is_file():
+        return None
+    try:
+        with h5py.File(index, "r") as handle:
+            return {key: plain_attr(value) for key, value in handle.attrs.items()}
+    except OSError:
+        return None
+
+
+def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwrite: bool = False) -> MergeResult:
+    """Write ``output``: one index over every image the ``parts`` (outputs of one run) published.
+
+    Parts must share their settings (``run.json``); ``output`` may be replaced when it is an
+    earlier merge (merging is idempotent) or with ``overwrite``.
+    """
+    output = Path(output)
+    folders: list[Path] = []
+    for part in parts:
+        folder = shard_folder_of(part)
+        if folder.resolve() not in {f.resolve() for f in folders}:
+            folders.append(folder)
+    if not folders:
+        raise OptionError("no outputs to merge; fix: pass the -o files of the parts' runs")
+    _check_output(output, folders, overwrite)
+    settings = [json.loads((folder / RUN_FILE).read_text()) for folder in folders]
+    for folder, theirs in zip(folders[1:], settings[1:], strict=True):
+        for key in sorted(set(settings[0]) | set(theirs)):
+            if settings[0].get(key) != theirs.get(key):
+                raise OptionError(f"{folder} was written with {key}={theirs.get(key)!r}, {folders[0]} with "
+                                  f"{key}={settings[0].get(key)!r}: not parts of one run; fix: merge outputs of one command")
+    described = next((attrs for folder in folders if (attrs := _index_attrs(folder)) is not None), None)
+    if described is None:
+        raise OptionError("none of the parts has published an image yet (no index file); fix: merge once they have")
+    links: dict[str, str] = {}
+    duplicates = 0
+    parts_states = []
+    base = output.absolute().parent
+    for folder in folders:
+        catalog = ShardCatalog(folder)
+        catalog.refresh()
+        for name, shard in catalog.links().items():
+            if name in links:
+                duplicates += 1
+                continue
+            links[name] = os.path.relpath((folder / shard).absolute(), base)
+        parts_states.extend(read_parts(folder))
+    status = run_status(parts_states, links)
+    attrs = {key: value for key, value in described.items() if key not in _PER_FILE}
+    attrs.update({
+        "producer": f"naf-cli {naf_cli.__version__}", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "shard_folder": "", "images_done": len(links), **status.attrs(),
+        "merged_from": json.dumps([os.path.relpath(folder.absolute(), base) for folder in folders]),
+    })
+    write_index(output, attrs, links)
+    return MergeResult(output, len(links), status, duplicates, folders)
+
+
+def _check_output(output: Path, folders: list[Path], overwrite: bool) -> None:
+    if output.is_dir():
+        raise OutputError(f"-o {output} is a folder; fix: name an .h5 file, e.g. -o {output / 'features.h5'}")
+    if not output.absolute().parent.is_dir():
+        raise OutputError(f"folder {output.parent} does not exist; fix: create it or choose another -o path")
+    if (shard_folder(output) / RUN_FILE).is_file():
+        raise OutputError(f"{output} is the output of a run, not a merge; fix: choose another -o path for the merged file")
+    if output.exists() and not overwrite:
+        try:
+            with h5py.File(output, "r") as handle:
+                merged = "merged_from" in handle.attrs
+        except OSError:
+            merged = False
+        if not merged:
+            raise OutputError(f"{output} already exists and is not an earlier naf merge; fix: pass --overwrite or choose another -o path")
