@@ -9,6 +9,7 @@ from pathlib import Path
 from naf_cli.checkpoints import load_naf, packaged_checkpoint
 from naf_cli.errors import UnknownNameError
 from naf_cli.modeling import Interpolation, Upsampler
+from naf_cli.modeling.joint_bilateral import JointBilateralFilter, JointBilateralUpsampling
 from naf_cli.weight_files import file_sha256
 
 
@@ -19,6 +20,7 @@ class UpsamplerInfo:
     name: str
     checkpoint: str = ""
     checkpoint_sha256: str = ""
+    settings: str = ""  # parameters that change the output, e.g. "sigma_spatial=1.0, sigma_range=0.1"
 
 
 Factory = Callable[[Path | None, str], tuple[Upsampler, UpsamplerInfo]]
@@ -36,11 +38,30 @@ def _interpolation(mode: str) -> Factory:
     return factory
 
 
+# sigmas picked on the training photos of models/photo-split.json only, by
+# benchmarks/tune_joint_bilateral.py (docs/quality.md): spatial in low-res cells (JBU) or
+# output pixels (JBF), range in RGB units of [0, 1]
+JBU_SIGMAS = (3.0, 0.4)
+JBF_SIGMAS = (8.0, 0.2)
+
+
+def _jbu(checkpoint: Path | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
+    spatial, colour = JBU_SIGMAS
+    return JointBilateralUpsampling(spatial, colour), UpsamplerInfo("jbu", settings=f"sigma_spatial={spatial}, sigma_range={colour}")
+
+
+def _jbf(checkpoint: Path | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
+    spatial, colour = JBF_SIGMAS
+    return JointBilateralFilter(spatial, colour), UpsamplerInfo("jbf", settings=f"sigma_spatial={spatial}, sigma_range={colour}")
+
+
 UPSAMPLERS: dict[str, Factory] = {
     "naf": _naf,
     "nearest": _interpolation("nearest"),
     "bilinear": _interpolation("bilinear"),
     "bicubic": _interpolation("bicubic"),
+    "jbu": _jbu,
+    "jbf": _jbf,
 }
 
 

@@ -45,3 +45,16 @@ def test_output_size_and_chunks():
     assert c == 64 and c * th * tw * 2 <= 1 << 20 and th == tw
     assert chunk_shape(112, 448, 448)[0] == 56  # two equal blocks, no padding channels
     assert chunk_shape(4, 10, 10) == (4, 10, 10)
+
+
+def test_every_package_is_in_the_wheel_list():
+    """pyproject lists packages explicitly (models/ maps to naf_cli.models); a package missing
+    there would be absent from a wheel install although an editable install finds it."""
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "naf_cli").rglob("__init__.py")}
+    assert found | {"naf_cli.models"} == listed

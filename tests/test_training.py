@@ -34,14 +34,14 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, examples_dir):
 def test_training_reduces_loss_on_a_fixed_batch(examples_dir):
     """A few steps on the same crops must lower the x2 loss: gradients flow through the attention."""
     from naf_cli.backbones import load_backbone
+    from naf_cli.evaluation.pairs import feature_pair
     from naf_cli.modeling import NAF
     from naf_cli.training.data import RandomCrops
-    from naf_cli.training.loop import training_pair
 
     torch.manual_seed(0)
     backbone = load_backbone("effnet-lite0")
     images = RandomCrops(examples_dir, crop=128).batch(2, torch.Generator().manual_seed(0))
-    low, target = training_pair(backbone, images)
+    low, target = feature_pair(backbone, images, 2)
     model = NAF().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []

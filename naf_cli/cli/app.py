@@ -19,6 +19,7 @@ import naf_cli
 from naf_cli.cli.bench_cmd import bench
 from naf_cli.cli.env_cmds import env, models
 from naf_cli.cli.errors import debug_enabled, describe, set_debug
+from naf_cli.cli.eval_cmd import eval_
 from naf_cli.cli.extract_cmd import extract
 from naf_cli.cli.info_cmd import info
 from naf_cli.cli.merge_cmd import merge
@@ -61,6 +62,7 @@ def _install_signal_handlers() -> None:
 GREEDY_OPTIONS: dict[str, tuple[str, ...]] = {
     "bench": ("--ratio", "--upsampler", "--backend"),
     "pca": ("--upsampler", "--components"),
+    "eval": ("--factor", "--checkpoint"),
 }
 
 
@@ -143,6 +145,7 @@ app.command()(extract)
 app.command()(upsample)
 app.command()(info)
 app.command()(merge)
+app.command("eval")(eval_)
 app.command()(train)
 app.command()(bench)
 app.command()(pca)

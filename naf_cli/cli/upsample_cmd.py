@@ -33,7 +33,7 @@ def upsample(
     output: Output,
     inputs: Inputs = None,
     vfm: Vfm = "effnet-lite0",
-    upsampler: Annotated[str, typer.Option("--upsampler", help="naf, nearest, bilinear or bicubic (see `naf models`).")] = "naf",
+    upsampler: Annotated[str, typer.Option("--upsampler", help="naf, nearest, bilinear, bicubic, jbu (joint bilateral upsampling) or jbf (bilinear + joint bilateral filter); see `naf models`.")] = "naf",
     output_size: Annotated[str, typer.Option(
         "--output-size", help="grid (feature grid x --scale), image (each photo's own size) or HxW (e.g. 448x448).",
     )] = "grid",

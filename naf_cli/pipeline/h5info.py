@@ -14,7 +14,7 @@ RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_
             "shard_folder", "merged_from")
 BACKBONE_KEYS = ("backbone", "backbone_timm", "backbone_weights", "backbone_weights_sha256", "patch_size", "channels",
                  "long_side")
-UPSAMPLER_KEYS = ("upsampler", "checkpoint", "checkpoint_sha256", "output_size_mode", "scale")
+UPSAMPLER_KEYS = ("upsampler", "checkpoint", "checkpoint_sha256", "upsampler_settings", "output_size_mode", "scale")
 
 
 def _linked_bytes(path: Path, link_files: set[str]) -> int:

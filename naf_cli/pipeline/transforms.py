@@ -177,6 +177,8 @@ class UpsampleFeatures:
         }
         if self.output_size.mode == "grid":
             attrs["scale"] = float(self.output_size.scale)
+        if self.info.settings:
+            attrs["upsampler_settings"] = self.info.settings
         return attrs
 
     def check_memory(self, channels: int, out_size: Size, device: torch.device, batch: int = 1, guide: Size | None = None) -> bool:

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from naf_cli.backbones import Backbone, load_backbone
+from naf_cli.backbones import load_backbone
 from naf_cli.checkpoints import save_naf
+from naf_cli.evaluation.pairs import feature_pair
 from naf_cli.modeling.naf import NAF
 from naf_cli.training.data import RandomCrops
 
@@ -44,14 +45,6 @@ class TrainConfig:
     device: str = "cpu"
     bf16: bool = False
     exclude: tuple[str, ...] = ()
-
-
-def training_pair(backbone: Backbone, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input features of the half-size images, target features of the full-size images)."""
-    half = (images.shape[-2] // 2, images.shape[-1] // 2)
-    small = F.interpolate(images, size=half, mode="bilinear", align_corners=False, antialias=True)
-    with torch.no_grad():
-        return backbone(small), backbone(images)
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -98,7 +91,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
         while step < config.steps:
             started = time.perf_counter()
             images = data.batch(config.batch_size, generator).to(device)
-            low, target = training_pair(backbone, images)
+            low, target = feature_pair(backbone, images, 2)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 prediction = model(images, low, out_size)
             loss = F.mse_loss(prediction.float(), target)

@@ -1,0 +1,120 @@
+"""`naf eval`: quality measured by reconstruction, every method on the same photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from naf_cli.cli.options import Device, VfmWeights
+
+SPLIT_FILE = "photo-split.json"
+
+
+def eval_(
+    photos: Annotated[Path, typer.Argument(help="Folder of photos (e.g. ../shared/photos/train).", show_default=False)],
+    vfm: Annotated[str, typer.Option("--vfm", help="Backbone whose features are reconstructed (see `naf models`).")] = "effnet-lite0",
+    task: Annotated[str, typer.Option("--task", help="upsample: the feature reconstruction protocol (docs/quality.md).")] = "upsample",
+    factor: Annotated[Optional[list[int]], typer.Option("--factor", help="Upsampling factors, e.g. --factor 2 4 8. [default: 2 4 8]",
+                                                        show_default=False)] = None,
+    checkpoint: Annotated[Optional[list[Path]], typer.Option(
+        "--checkpoint", help="NAF weights to score beside the shipped checkpoint (several allowed).")] = None,
+    split: Annotated[str, typer.Option("--split", help="all photos, or the train or validation part of models/photo-split.json.")] = "all",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
+    vfm_weights: VfmWeights = None,
+    device: Device = "auto",
+) -> None:
+    """Score nearest, bilinear, bicubic, JBU, JBF, the untrained NAF and NAF checkpoints.
+
+    Per photo and factor f: the target is the backbone's features of the photo at f times a
+    base size, the input its features at the base size; each method predicts the target
+    from the input, guided by the large image. MSE and cosine, over all pixels and near
+    strong edges of the image (docs/quality.md gives the sizes and the edge band).
+    """
+    import json
+    import sys
+
+    from naf_cli.backbones import load_backbone
+    from naf_cli.cli.options import resolve_device
+    from naf_cli.cli.progress import make_progress
+    from naf_cli.errors import OptionError
+    from naf_cli.evaluation.pairs import BASE_CELLS
+    from naf_cli.evaluation.protocol import evaluate
+
+    if task != "upsample":
+        raise OptionError(f"--task {task} is not available; fix: use --task upsample")
+    factors = list(factor or [2, 4, 8])
+    unknown = [f for f in factors if f not in BASE_CELLS]
+    if unknown:
+        raise OptionError(f"--factor {unknown[0]} is not part of the protocol; fix: use {', '.join(map(str, BASE_CELLS))}")
+    paths = select_photos(photos, split)
+    target = resolve_device(device)
+    methods = evaluation_methods(list(checkpoint or []), target)
+    backbone = load_backbone(vfm, vfm_weights, target)
+    progress = make_progress()
+    progress.start(len(paths), f"naf eval {vfm} x{'/'.join(map(str, factors))}")
+    try:
+        result = evaluate(paths, backbone, methods, factors, progress.advance)
+    finally:
+        progress.close()
+    for f, names in result.too_small.items():
+        if names:
+            print(f"note: x{f} leaves out {len(names)} photo(s) smaller than its target: {', '.join(names)}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"vfm": vfm, "photos": [p.name for p in paths], "split": split,
+                          "scores": [score.as_dict() for score in result.scores]}, indent=1))
+        return
+    render(result.scores, factors)
+
+
+def select_photos(folder: Path, split: str) -> list[Path]:
+    """The photos of ``folder``, or those of one part of the committed split."""
+    import json
+
+    from naf_cli.checkpoints import packaged_checkpoint
+    from naf_cli.errors import OptionError
+    from naf_cli.pipeline.sources import list_images
+
+    if not folder.is_dir():
+        raise OptionError(f"{folder} is not a folder; fix: pass a folder of photos")
+    paths = sorted(list_images(folder))
+    if split == "all":
+        chosen = paths
+    elif split in ("train", "validation"):
+        names = set(json.loads(packaged_checkpoint(SPLIT_FILE).read_text())[split])
+        chosen = [p for p in paths if p.name in names]
+    else:
+        raise OptionError(f"--split {split} does not exist; fix: use all, train or validation")
+    if not chosen:
+        raise OptionError(f"no photos of the {split} split in {folder}; fix: pass the folder the split names (../shared/photos/train)")
+    return chosen
+
+
+def evaluation_methods(checkpoints: list[Path], device: str) -> list:
+    """nearest, bilinear, bicubic, jbu, jbf (the registry's), the untrained NAF, the shipped
+    checkpoint and each given one."""
+    from naf_cli.evaluation.protocol import Method, untrained_naf
+    from naf_cli.upsamplers import load_upsampler
+
+    methods = [Method(name, load_upsampler(name, device=device)[0]) for name in ("nearest", "bilinear", "bicubic", "jbu", "jbf")]
+    methods.append(Method("naf (untrained)", untrained_naf().to(device)))
+    methods.append(Method("naf (shipped)", load_upsampler("naf", device=device)[0]))
+    for path in checkpoints:
+        methods.append(Method(f"naf ({path.name})", load_upsampler("naf", path, device)[0]))
+    return methods
+
+
+def render(scores: list, factors: list[int]) -> None:
+    """One table per factor: a row per method."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    for f in factors:
+        rows = [s for s in scores if s.factor == f]
+        table = Table("method", "MSE", "edge MSE", "cosine", "edge cosine",
+                      title=f"x{f}: {rows[0].images} photos (MSE: lower is better; cosine: higher)")
+        for score in rows:
+            table.add_row(score.method, *(f"{score.mean(key):.4f}" for key in ("mse", "edge_mse", "cosine", "edge_cosine")))
+        console.print(table)

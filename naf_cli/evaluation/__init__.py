@@ -1,0 +1,1 @@
+"""Quality measured, not assumed: the self-supervised reconstruction protocol (``naf eval``)."""
