@@ -1,33 +1,116 @@
-"""Saving and loading NAF weights without running code from the file."""
+"""NAF weights: a registry of named checkpoints, URLs fetched once into the torch hub cache,
+and saving and loading without running code from the file.
+
+A checkpoint names a registry entry (``naf models``), a file, or a URL. Each file written
+here carries its architecture in its metadata, so any of them (a kernel-15 restoration
+model included) loads without flags.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
 from naf_cli.errors import WeightsError
 from naf_cli.modeling.naf import NAF
-from naf_cli.weight_files import describe_mismatch, read_state_dict
+from naf_cli.weight_files import describe_mismatch, read_state_dict, shorten
 
 DEFAULT_CHECKPOINT = "naf-effnet-lite0.safetensors"
-CHECKPOINT_FIX = "pass a NAF checkpoint (.safetensors or .pth), or omit --checkpoint to use the shipped one"
+CHECKPOINT_FIX = "pass a checkpoint name (naf models), a NAF weights file (.safetensors or .pth) or a URL"
+RELEASE_URL = "https://github.com/valeoai/NAF/releases/download/model/naf_release.pth"
+# NAF constructor parameters a checkpoint's metadata may set
+ARCHITECTURE_KEYS = ("dim", "num_heads", "kernel_size", "num_blocks", "context_kernel")
 
-__all__ = ["DEFAULT_CHECKPOINT", "load_naf", "packaged_checkpoint", "save_naf"]
+__all__ = ["CHECKPOINTS", "DEFAULT_CHECKPOINT", "load_naf", "packaged_checkpoint", "resolve_checkpoint", "save_naf"]
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """A named checkpoint: shipped in the package (``file``, with a model ``card``) or fetched from ``url``."""
+
+    name: str
+    summary: str
+    file: str = ""
+    card: str = ""
+    url: str = ""
+
+
+CHECKPOINTS: dict[str, CheckpointEntry] = {entry.name: entry for entry in (
+    CheckpointEntry("effnet-lite0", "the default: trained here at x2 on effnet-lite0 features (CPU, 1200 steps)",
+                    file=DEFAULT_CHECKPOINT, card="naf-effnet-lite0.md"),
+    CheckpointEntry("release", "the official NAF weights (valeoai/NAF), fetched on first use into the torch hub cache",
+                    url=RELEASE_URL),
+)}
 
 
 def packaged_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
-    """Path of a checkpoint shipped in the wheel (the repository's ``models/`` folder)."""
+    """Path of a file shipped in the wheel (the repository's ``models/`` folder)."""
     return Path(str(resources.files("naf_cli.models").joinpath(name)))
 
 
-def load_naf(path: str | Path | None = None, kernel_size: int = 9, device: str | torch.device = "cpu") -> NAF:
-    """A NAF in eval mode with weights from ``path`` (default: the shipped checkpoint), loaded strictly."""
-    path = Path(path) if path is not None else packaged_checkpoint()
+def fetch(url: str) -> Path:
+    """The file at ``url`` in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), fetched the first time."""
+    name = os.path.basename(urlparse(url).path)
+    if not name:
+        raise WeightsError(f"{url} does not name a file; fix: {CHECKPOINT_FIX}")
+    target = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=False)
+    except Exception as err:  # urllib raises many types for network and HTTP errors
+        raise WeightsError(f"cannot fetch {url} ({shorten(f'{type(err).__name__}: {err}', 120)}); fix: connect to the "
+                           f"internet, or fetch it elsewhere and pass --checkpoint FILE") from err
+    return target
+
+
+def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
+    """The weights file of a registry name, a URL (fetched once) or a path; None: the default."""
+    if checkpoint is None:
+        return packaged_checkpoint()
+    text = str(checkpoint)
+    entry = CHECKPOINTS.get(text)
+    if entry is not None:
+        return packaged_checkpoint(entry.file) if entry.file else fetch(entry.url)
+    if "://" in text:
+        return fetch(text)
+    return Path(text)
+
+
+def architecture(path: Path) -> dict[str, int]:
+    """The NAF constructor parameters recorded in a safetensors file's metadata ({} when none are)."""
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            recorded = (handle.metadata() or {}).get("architecture")
+    except Exception:  # an unreadable file is reported by read_state_dict, with the reason
+        return {}
+    if not recorded:
+        return {}
+    values = json.loads(recorded)
+    return {key: int(values[key]) for key in ARCHITECTURE_KEYS if key in values}
+
+
+def load_naf(path: str | Path | None = None, kernel_size: int | None = None, device: str | torch.device = "cpu") -> NAF:
+    """A NAF in eval mode with the weights of ``path`` (a registry name, a URL or a file; default:
+    the shipped checkpoint), loaded strictly. The architecture comes from the file's metadata
+    (``kernel_size`` overrides it); files without one are the reference layout (kernel 9)."""
+    path = resolve_checkpoint(path)
     state = read_state_dict(path, "NAF checkpoint", CHECKPOINT_FIX)
-    model = NAF(kernel_size=kernel_size)
+    settings = architecture(path)
+    if kernel_size is not None:
+        settings["kernel_size"] = kernel_size
+    model = NAF(**settings)  # type: ignore[arg-type]
     expected = {key: value.shape for key, value in model.state_dict().items()}
     mismatch = describe_mismatch(expected, state)
     if mismatch:
@@ -37,7 +120,8 @@ def load_naf(path: str | Path | None = None, kernel_size: int = 9, device: str |
 
 
 def save_naf(model: NAF, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write weights atomically: ``.safetensors`` (with string metadata) or a plain ``.pth`` state dict."""
+    """Write weights atomically: ``.safetensors`` (string metadata, the architecture included) or a
+    plain ``.pth`` state dict."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -45,7 +129,7 @@ def save_naf(model: NAF, path: Path, metadata: dict[str, str] | None = None) -> 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".safetensors":
-        save_file(state, str(tmp), metadata=metadata or {})
+        save_file(state, str(tmp), metadata={"architecture": json.dumps(model.architecture()), **(metadata or {})})
     else:
         torch.save(state, tmp)
     os.replace(tmp, path)

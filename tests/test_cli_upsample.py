@@ -174,5 +174,5 @@ def test_backbone_width_not_divisible_by_heads_fails_before_any_output(tmp_path,
     info = BackboneInfo("odd-vit", "vit_tiny_patch16_224", 16, (0.5,) * 3, (0.5,) * 3, 198, "test")
     out = tmp_path / "o.h5"
     with pytest.raises(ShapeError, match="198 channels"):
-        upsample_folder(examples_dir, out, Backbone(info, vit, "vit"), load_naf(), UpsamplerInfo("naf"), 16)
+        upsample_folder(examples_dir, out, Backbone(info, vit, final_norm=True), load_naf(), UpsamplerInfo("naf"), 16)
     assert not out.exists() and not out.with_name("o.h5.partial").exists()

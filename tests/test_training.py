@@ -52,3 +52,34 @@ def test_training_reduces_loss_on_a_fixed_batch(examples_dir):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_second_stage_with_two_teachers_validates_and_keeps_the_best(tmp_path, examples_dir):
+    """Teachers and factors are taken in turn; the validation photo is never drawn for training;
+    validation rows, the best checkpoint and the curve picture are written."""
+    import json
+
+    from PIL import Image
+    from safetensors import safe_open
+
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["astronaut.jpg", "coffee.jpg", "rocket.jpg"], "validation": ["chelsea.jpg"]}))
+    out = tmp_path / "run"
+    config = TrainConfig(images=str(examples_dir), out_dir=str(out), extra_backbones=("effnet-lite1",), factors=(2, 4),
+                         steps=4, batch_size=1, crop=128, checkpoint_every=2, split=str(split), validate_every=2,
+                         validation_factors=(2,))
+    logs: list[str] = []
+    train(config, log=logs.append)
+    assert "training on 3 images" in logs[0]  # examples/ has 4: the validation photo is held out
+    with open(out / "loss.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["teacher"], r["factor"]) for r in rows] == [
+        ("effnet-lite0", "2"), ("effnet-lite1", "2"), ("effnet-lite0", "4"), ("effnet-lite1", "4")]
+    with open(out / "validation.csv") as handle:
+        validation = list(csv.DictReader(handle))
+    assert [(int(r["step"]), int(r["factor"]), int(r["images"])) for r in validation] == [(2, 2, 1), (4, 2, 1)]
+    best = min(float(r["mse"]) for r in validation)
+    load_naf(out / "best.safetensors")
+    with safe_open(str(out / "best.safetensors"), "pt") as handle:
+        assert abs(float(handle.metadata()["validation_mean_mse"]) - best) < 1e-4
+    assert Image.open(out / "curves.png").size == (800, 420)

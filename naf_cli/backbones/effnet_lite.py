@@ -16,11 +16,12 @@ import torch
 from naf_cli.errors import WeightsError
 from naf_cli.weight_files import read_state_dict
 
-# blocks per stage of EfficientNet-Lite0..2 (the lite variants keep the stem and head fixed)
+# blocks per stage of EfficientNet-Lite0..2: lite1 and lite2 scale the depth of the middle
+# stages by 1.1 and 1.2 (rounded up) and keep the first and last stages at one block
 STAGE_DEPTHS = {
     "lite0": (1, 2, 2, 3, 3, 4, 1),
-    "lite1": (1, 2, 3, 3, 4, 5, 1),
-    "lite2": (1, 2, 3, 3, 4, 5, 1),
+    "lite1": (1, 3, 3, 4, 4, 5, 1),
+    "lite2": (1, 3, 3, 4, 4, 5, 1),
 }
 TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # the first block has no expansion: depthwise, then pointwise projection

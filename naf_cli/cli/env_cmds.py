@@ -15,7 +15,7 @@ def env(device: Device = "auto") -> None:
 
 
 def models() -> None:
-    """List the backbone and upsampler names."""
+    """List the backbone, upsampler and NAF checkpoint names."""
     from rich.console import Console
     from rich.table import Table
 
@@ -29,3 +29,9 @@ def models() -> None:
     console = Console()
     console.print(table)
     console.print("upsamplers: " + ", ".join(UPSAMPLERS))
+    from naf_cli.checkpoints import CHECKPOINTS
+
+    console.print("NAF checkpoints (--checkpoint NAME, or a file, or a URL):")
+    for entry in CHECKPOINTS.values():
+        where = f"models/{entry.file}, card models/{entry.card}" if entry.file else entry.url
+        console.print(f"  {entry.name}: {entry.summary} ({where})", markup=False, highlight=False, soft_wrap=True)

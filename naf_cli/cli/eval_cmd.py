@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from naf_cli.cli.options import Device, VfmWeights
+from naf_cli.cli.options import BackbonePrecision, Device, Layer, VfmWeights
 
 SPLIT_FILE = "photo-split.json"
 
@@ -18,11 +18,14 @@ def eval_(
     task: Annotated[str, typer.Option("--task", help="upsample: the feature reconstruction protocol (docs/quality.md).")] = "upsample",
     factor: Annotated[Optional[list[int]], typer.Option("--factor", help="Upsampling factors, e.g. --factor 2 4 8. [default: 2 4 8]",
                                                         show_default=False)] = None,
-    checkpoint: Annotated[Optional[list[Path]], typer.Option(
-        "--checkpoint", help="NAF weights to score beside the shipped checkpoint (several allowed).")] = None,
+    checkpoint: Annotated[Optional[list[str]], typer.Option(
+        "--checkpoint", help="NAF weights to score beside the shipped checkpoint: names of `naf models`, files or URLs "
+        "(several allowed).")] = None,
     split: Annotated[str, typer.Option("--split", help="all photos, or the train or validation part of models/photo-split.json.")] = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
     vfm_weights: VfmWeights = None,
+    layer: Layer = None,
+    backbone_precision: BackbonePrecision = "fp32",
     device: Device = "auto",
 ) -> None:
     """Score nearest, bilinear, bicubic, JBU, JBF, the untrained NAF and NAF checkpoints.
@@ -51,7 +54,7 @@ def eval_(
     paths = select_photos(photos, split)
     target = resolve_device(device)
     methods = evaluation_methods(list(checkpoint or []), target)
-    backbone = load_backbone(vfm, vfm_weights, target)
+    backbone = load_backbone(vfm, vfm_weights, target, layer, backbone_precision)
     progress = make_progress()
     progress.start(len(paths), f"naf eval {vfm} x{'/'.join(map(str, factors))}")
     try:
@@ -62,7 +65,7 @@ def eval_(
         if names:
             print(f"note: x{f} leaves out {len(names)} photo(s) smaller than its target: {', '.join(names)}", file=sys.stderr)
     if as_json:
-        print(json.dumps({"vfm": vfm, "photos": [p.name for p in paths], "split": split,
+        print(json.dumps({"vfm": vfm, "layer": backbone.info.layer, "photos": [p.name for p in paths], "split": split,
                           "scores": [score.as_dict() for score in result.scores]}, indent=1))
         return
     render(result.scores, factors)
@@ -91,7 +94,7 @@ def select_photos(folder: Path, split: str) -> list[Path]:
     return chosen
 
 
-def evaluation_methods(checkpoints: list[Path], device: str) -> list:
+def evaluation_methods(checkpoints: list[str], device: str) -> list:
     """nearest, bilinear, bicubic, jbu, jbf (the registry's), the untrained NAF, the shipped
     checkpoint and each given one."""
     from naf_cli.evaluation.protocol import Method, untrained_naf
@@ -100,8 +103,9 @@ def evaluation_methods(checkpoints: list[Path], device: str) -> list:
     methods = [Method(name, load_upsampler(name, device=device)[0]) for name in ("nearest", "bilinear", "bicubic", "jbu", "jbf")]
     methods.append(Method("naf (untrained)", untrained_naf().to(device)))
     methods.append(Method("naf (shipped)", load_upsampler("naf", device=device)[0]))
-    for path in checkpoints:
-        methods.append(Method(f"naf ({path.name})", load_upsampler("naf", path, device)[0]))
+    for checkpoint in checkpoints:
+        label = Path(checkpoint).name if Path(checkpoint).is_file() else checkpoint
+        methods.append(Method(f"naf ({label})", load_upsampler("naf", checkpoint, device)[0]))
     return methods
 
 

@@ -6,12 +6,14 @@ import typer
 
 from naf_cli.cli.feature_job import JobOptions, run_job
 from naf_cli.cli.options import (
+    BackbonePrecision,
     BatchSize,
     Compression,
     Device,
     FilesFrom,
     Glob,
     Inputs,
+    Layer,
     LongSide,
     OutDtype,
     Output,
@@ -30,6 +32,8 @@ def extract(
     inputs: Inputs = None,
     vfm: Vfm = "effnet-lite0",
     vfm_weights: VfmWeights = None,
+    layer: Layer = None,
+    backbone_precision: BackbonePrecision = "fp32",
     long_side: LongSide = 448,
     glob: Glob = None,
     files_from: FilesFrom = None,
@@ -45,5 +49,5 @@ def extract(
 ) -> None:
     """Store each image's low-resolution backbone features (with its path, size and hash)."""
     options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
-                         out_dtype, compression, shard_images, workers, batch_size, shard)
+                         out_dtype, compression, shard_images, workers, batch_size, shard, layer, backbone_precision)
     raise typer.Exit(run_job(options, None))

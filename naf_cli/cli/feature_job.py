@@ -65,12 +65,14 @@ class JobOptions:
     workers: int | None = None
     batch_size: int = 1
     shard: str | None = None
+    layer: int | None = None
+    backbone_precision: str = "fp32"
 
 
 @dataclass(frozen=True)
 class UpsampleOptions:
     upsampler: str
-    checkpoint: Path | None
+    checkpoint: str | None
     output_size: str
     scale: float | None
     image_root: Path | None = None
@@ -123,7 +125,7 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     transform: ExtractFeatures | ExtractAndUpsample
     if upsample is not None and rule is not None:
         upsampler, info = load_upsampler(upsample.upsampler, upsample.checkpoint, device)
-        backbone = load_backbone(spec.name, options.vfm_weights, device)
+        backbone = load_backbone(spec.name, options.vfm_weights, device, options.layer, options.backbone_precision)
         upsampler.check_channels(backbone.info.channels)
         largest = rule.largest(backbone.info.patch_size, options.long_side)
         if largest is not None:
@@ -145,7 +147,7 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
         transform = ExtractAndUpsample(ExtractFeatures(backbone, options.long_side), UpsampleFeatures(upsampler, info, rule, limit))
         description = f"{spec.name} + {info.name} ({rule.describe()})"
     else:
-        backbone = load_backbone(spec.name, options.vfm_weights, device)
+        backbone = load_backbone(spec.name, options.vfm_weights, device, options.layer, options.backbone_precision)
         transform = ExtractFeatures(backbone, options.long_side)
         description = f"{spec.name} features"
     # 3. the run

@@ -17,9 +17,19 @@ VfmWeights = Annotated[
     Optional[Path],
     typer.Option("--vfm-weights", help="Local backbone weights file (offline use); default: the hub, or the packaged effnet-lite0."),
 ]
+Layer = Annotated[
+    Optional[int],
+    typer.Option("--layer", help="Backbone feature layer: a ViT block or a CNN stage (effnet: 3 is stride 16, 4 stride 32); "
+                 "negative counts from the last. [default: the last block; effnet: 3]", show_default=False),
+]
+BackbonePrecision = Annotated[
+    str, typer.Option("--backbone-precision", help="fp32, or bf16 (bfloat16 autocast: for large ViTs on GPUs; features stored as usual)."),
+]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
 Checkpoint = Annotated[
-    Optional[Path], typer.Option("--checkpoint", help="NAF weights (.safetensors or .pth); default: the shipped checkpoint.")
+    Optional[str],
+    typer.Option("--checkpoint", help="NAF weights: a name of `naf models` (effnet-lite0, release), a file (.safetensors or "
+                 ".pth) or a URL (fetched once into the torch hub cache); default: effnet-lite0."),
 ]
 LongSide = Annotated[int, typer.Option("--long-side", help="Long side of the backbone input in pixels (sides rounded to the patch size).")]
 Glob = Annotated[

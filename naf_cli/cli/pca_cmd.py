@@ -90,7 +90,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _upsamplers(names: list[str], checkpoint: Optional[Path], device: str, scale: float) -> list[tuple[str, UpsampleFeatures]]:
+def _upsamplers(names: list[str], checkpoint: Optional[str], device: str, scale: float) -> list[tuple[str, UpsampleFeatures]]:
     from naf_cli.pipeline.sizes import OutputSize
     from naf_cli.pipeline.transforms import UpsampleFeatures
     from naf_cli.upsamplers import load_upsampler

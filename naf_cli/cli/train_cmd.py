@@ -24,9 +24,23 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the crops and the initialisation.")] = 0,
     exclude: Annotated[Optional[list[str]], typer.Option(help="File name to hold out (repeatable).")] = None,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (for GPUs).")] = False,
+    also_vfm: Annotated[Optional[list[str]], typer.Option(
+        "--also-vfm", help="More teacher backbones, taken in turn with --vfm (e.g. --also-vfm effnet-lite1).")] = None,
+    factor: Annotated[Optional[list[int]], typer.Option(
+        "--factor", help="Input downscaling factors, taken in turn (e.g. --factor 2 4: the second stage). [default: 2]",
+        show_default=False)] = None,
+    split: Annotated[Optional[Path], typer.Option(
+        "--split", help="JSON with train and validation file lists (e.g. models/photo-split.json): train on the first, "
+        "validate on the second.")] = None,
+    validate_every: Annotated[int, typer.Option(help="Steps between validations with naf eval's protocol (0: never).")] = 0,
+    init: Annotated[Optional[Path], typer.Option(help="Start from these NAF weights (a new run only).")] = None,
     device: Device = "auto",
 ) -> None:
-    """Train NAF (x2 objective, MSE, AdamW); resumes from OUT_DIR/train_state.pt."""
+    """Train NAF by feature reconstruction (MSE, AdamW); resumes from OUT_DIR/train_state.pt.
+
+    Keep OUT_DIR outside the source tree (e.g. ~/.cache/naf-train/RUN) so a run survives
+    a fresh checkout.
+    """
     from naf_cli.cli.options import resolve_device
     from naf_cli.training import TrainConfig
     from naf_cli.training import train as run_training
@@ -35,7 +49,8 @@ def train(
         images=str(images), out_dir=str(out_dir), backbone=vfm,
         backbone_weights=str(vfm_weights) if vfm_weights else None, steps=steps, batch_size=batch_size,
         lr=lr, crop=crop, checkpoint_every=checkpoint_every, seed=seed, device=resolve_device(device),
-        bf16=bf16, exclude=tuple(exclude or ()),
+        bf16=bf16, exclude=tuple(exclude or ()), extra_backbones=tuple(also_vfm or ()), factors=tuple(factor or (2,)),
+        split=str(split) if split else None, validate_every=validate_every, init=str(init) if init else None,
     )
     run_training(config, log=lambda line: print(line, file=sys.stderr))
     print(Path(out_dir) / "naf.safetensors")

@@ -8,6 +8,7 @@ import typer
 
 from naf_cli.cli.feature_job import JobOptions, UpsampleOptions, run_job
 from naf_cli.cli.options import (
+    BackbonePrecision,
     BatchSize,
     Checkpoint,
     Compression,
@@ -16,6 +17,7 @@ from naf_cli.cli.options import (
     Glob,
     ImageRoot,
     Inputs,
+    Layer,
     LongSide,
     OutDtype,
     Output,
@@ -44,6 +46,8 @@ def upsample(
     checkpoint: Checkpoint = None,
     image_root: ImageRoot = None,
     vfm_weights: VfmWeights = None,
+    layer: Layer = None,
+    backbone_precision: BackbonePrecision = "fp32",
     long_side: LongSide = 448,
     glob: Glob = None,
     files_from: FilesFrom = None,
@@ -67,5 +71,5 @@ def upsample(
     upsampled without a second backbone pass.
     """
     options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
-                         out_dtype, compression, shard_images, workers, batch_size, shard)
+                         out_dtype, compression, shard_images, workers, batch_size, shard, layer, backbone_precision)
     raise typer.Exit(run_job(options, UpsampleOptions(upsampler, checkpoint, output_size, scale, image_root, max_memory)))

@@ -51,6 +51,7 @@ class NAF(Upsampler):
         attention_backend: str | None = None,
     ) -> None:
         super().__init__()
+        self.dim, self.num_blocks, self.context_kernel = dim, num_blocks, context_kernel
         self.num_heads = num_heads
         self.kernel_size = kernel_size
         self.max_chunk_bytes = max_chunk_bytes
@@ -60,6 +61,11 @@ class NAF(Upsampler):
         self.image_encoder = ImageEncoder(dim, num_blocks, context_kernel, num_heads)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def architecture(self) -> dict[str, int]:
+        """The constructor parameters that shape the weights (saved with every checkpoint)."""
+        return {"dim": self.dim, "num_heads": self.num_heads, "kernel_size": self.kernel_size,
+                "num_blocks": self.num_blocks, "context_kernel": self.context_kernel}
 
     def check_channels(self, channels: int) -> None:
         """Raise ShapeError unless ``channels`` splits evenly into the attention heads."""

@@ -108,12 +108,18 @@ class ExtractFeatures:
 
     def file_attrs(self) -> dict[str, AttrValue]:
         info = self.backbone.info
-        return {
+        attrs: dict[str, AttrValue] = {
             "backbone": info.name, "backbone_timm": info.timm_name, "backbone_weights": info.weights,
             "backbone_weights_sha256": info.weights_sha256,
             "patch_size": info.patch_size, "channels": info.channels, "long_side": self.long_side,
             "backbone_mean": info.mean, "backbone_std": info.std,
         }
+        # files of the default layer and precision keep the attributes they always had
+        if not info.default_layer:
+            attrs["backbone_layer"] = info.layer
+        if info.precision != "fp32":
+            attrs["backbone_precision"] = info.precision
+        return attrs
 
     def input_size(self, image_hw: Size) -> Size:
         return backbone_input_size(image_hw, self.backbone.info.patch_size, self.long_side)

@@ -1,4 +1,6 @@
-"""The release training recipe: x2 feature upsampling, plain MSE, AdamW; resumable."""
+"""Training NAF: feature reconstruction (MSE, AdamW), any number of teacher backbones, inputs
+at several factors (the paper's second stage), periodic validation with ``naf eval``'s
+protocol, the best checkpoint kept; resumable to the step."""
 
 from __future__ import annotations
 
@@ -13,29 +15,43 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from naf_cli.backbones import load_backbone
-from naf_cli.checkpoints import save_naf
+from naf_cli.backbones import Backbone, load_backbone
+from naf_cli.checkpoints import load_naf, save_naf
+from naf_cli.errors import OptionError
 from naf_cli.evaluation.pairs import feature_pair
 from naf_cli.modeling.naf import NAF
+from naf_cli.training.curve import draw_curves
 from naf_cli.training.data import RandomCrops
 
 STATE_FILE = "train_state.pt"
 LOSS_FILE = "loss.csv"
+VALIDATION_FILE = "validation.csv"
+BEST_FILE = "best.safetensors"
+CURVE_FILE = "curves.png"
 
 
 @dataclass
 class TrainConfig:
     """One training run; the keys are exactly what ``naf train`` takes.
 
-    The target is the backbone's features of a ``crop`` image; the input is its features of
-    the same image downsampled by 2; the guidance is the ``crop`` image (NAF reduces it to
-    4x the output size, 128 for a 512 crop at stride 16).
+    Each step draws ``batch_size`` crops of ``crop`` pixels; step ``s`` uses teacher
+    ``s mod T`` (``backbone`` first, then ``extra_backbones``: NAF's attention has no
+    parameters, so one encoder serves every backbone) and factor ``factors[(s // T) mod F]``:
+    the target is the teacher's features of the crop, the input its features of the crop
+    downscaled by the factor (``feature_pair``), the guidance the crop.
+
+    With ``split`` (a JSON file with ``train`` and ``validation`` lists of file names), only
+    the training photos are drawn, and every ``validate_every`` steps the model is scored on
+    the validation photos with ``naf eval``'s protocol (first teacher, ``validation_factors``):
+    the lowest mean MSE is kept as ``best.safetensors``. ``init`` starts from a checkpoint.
     """
 
     images: str
     out_dir: str
     backbone: str = "effnet-lite0"
     backbone_weights: str | None = None
+    extra_backbones: tuple[str, ...] = ()
+    factors: tuple[int, ...] = (2,)
     steps: int = 600
     batch_size: int = 4
     lr: float = 2e-4
@@ -45,6 +61,10 @@ class TrainConfig:
     device: str = "cpu"
     bf16: bool = False
     exclude: tuple[str, ...] = ()
+    split: str | None = None
+    validate_every: int = 0
+    validation_factors: tuple[int, ...] = (2, 4)
+    init: str | None = None
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -53,23 +73,72 @@ def _save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _split_names(config: TrainConfig) -> tuple[tuple[str, ...], list[str]]:
+    """(names to exclude from training, validation names)."""
+    if config.split is None:
+        return tuple(config.exclude), []
+    try:
+        split = json.loads(Path(config.split).read_text())
+        validation = list(split["validation"])
+    except (OSError, ValueError, KeyError) as err:
+        raise OptionError(f"cannot read the split {config.split} ({err}); fix: pass a JSON file with train and "
+                          f"validation lists, e.g. models/photo-split.json") from err
+    return tuple(config.exclude) + tuple(validation), validation
+
+
+def _check(config: TrainConfig) -> None:
+    for factor in (*config.factors, *config.validation_factors):
+        if factor < 2:
+            raise OptionError(f"factor {factor}: training factors must be 2 or more")
+    if config.crop % (16 * max(config.factors)):
+        raise OptionError(f"--crop {config.crop} must be a multiple of 16 x the largest factor ({max(config.factors)}); "
+                          f"fix: e.g. --crop {16 * max(config.factors) * 8}")
+
+
+class Validator:
+    """Scores the model with ``naf eval``'s protocol on the validation photos; keeps the best."""
+
+    def __init__(self, photos: list[Path], backbone: Backbone, factors: tuple[int, ...], out_dir: Path) -> None:
+        self.photos, self.backbone, self.factors, self.out_dir = photos, backbone, factors, out_dir
+
+    def score(self, model: NAF, step: int) -> float:
+        from naf_cli.evaluation.protocol import Method, evaluate
+
+        model.eval()
+        result = evaluate(self.photos, self.backbone, [Method("naf", model)], self.factors)
+        model.train()
+        path = self.out_dir / VALIDATION_FILE
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "factor", "images", "mse", "edge_mse", "cosine", "edge_cosine"])
+            for s in result.scores:
+                writer.writerow([step, s.factor, s.images, *(f"{s.mean(k):.5f}" for k in ("mse", "edge_mse", "cosine", "edge_cosine"))])
+        return sum(s.mean("mse") for s in result.scores) / len(result.scores)
+
+
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
     """Train (or resume training of) a NAF; returns the model after ``config.steps`` steps.
 
     ``out_dir`` receives ``train_state.pt`` every ``checkpoint_every`` steps (weights,
-    optimizer, data generator, so a resumed run continues the same sequence),
-    ``loss.csv`` and, at the end, ``naf.safetensors``.
+    optimizer, data generator, best validation score, so a resumed run continues the same
+    sequence), ``loss.csv``, with a split ``validation.csv``, ``best.safetensors`` and
+    ``curves.png``, and at the end ``naf.safetensors``.
     """
+    _check(config)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    backbone = load_backbone(config.backbone, config.backbone_weights, device)
-    data = RandomCrops(Path(config.images), config.crop, tuple(config.exclude))
-    model = NAF().to(device).train()
+    teachers = [load_backbone(config.backbone, config.backbone_weights, device)]
+    teachers += [load_backbone(name, None, device) for name in config.extra_backbones]
+    excluded, validation_names = _split_names(config)
+    data = RandomCrops(Path(config.images), config.crop, excluded)
+    model = load_naf(config.init, device=device).train() if config.init else NAF().to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    step, elapsed = 0, 0.0
+    step, elapsed, best = 0, 0.0, float("inf")
 
     state_path = out_dir / STATE_FILE
     if state_path.exists():
@@ -79,37 +148,54 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
+        best = float(state.get("best", float("inf")))
         log(f"resumed from {state_path} at step {step}")
-    log(f"training on {len(data.paths)} images from {config.images}, backbone {backbone.info.name}, {config.steps} steps")
+    names = ", ".join(t.info.name for t in teachers)
+    log(f"training on {len(data.paths)} images from {config.images}, teachers {names}, factors {config.factors}, "
+        f"{config.steps} steps")
+    validator = None
+    if validation_names and config.validate_every > 0:
+        photos = [Path(config.images) / name for name in validation_names if (Path(config.images) / name).is_file()]
+        validator = Validator(photos, teachers[0], config.validation_factors, out_dir)
 
-    patch = backbone.info.patch_size
-    out_size = (config.crop // patch, config.crop // patch)
     with open(out_dir / LOSS_FILE, "a", newline="") as loss_file:
         writer = csv.writer(loss_file)
         if loss_file.tell() == 0:
-            writer.writerow(["step", "loss", "elapsed_s"])
+            writer.writerow(["step", "loss", "elapsed_s", "teacher", "factor"])
         while step < config.steps:
             started = time.perf_counter()
+            teacher = teachers[step % len(teachers)]
+            factor = config.factors[(step // len(teachers)) % len(config.factors)]
             images = data.batch(config.batch_size, generator).to(device)
-            low, target = feature_pair(backbone, images, 2)
+            low, target = feature_pair(teacher, images, factor)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                prediction = model(images, low, out_size)
+                prediction = model(images, low, tuple(target.shape[-2:]))
             loss = F.mse_loss(prediction.float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             elapsed += time.perf_counter() - started
-            writer.writerow([step, f"{loss.item():.6f}", f"{elapsed:.1f}"])
+            writer.writerow([step, f"{loss.item():.6f}", f"{elapsed:.1f}", teacher.info.name, factor])
             loss_file.flush()
+            if validator is not None and step % config.validate_every == 0:
+                score = validator.score(model, step)
+                if score < best:
+                    best = score
+                    save_naf(model, out_dir / BEST_FILE, _metadata(config, step, elapsed, teachers, best))
+                log(f"step {step}: validation mean MSE {score:.4f} (best {best:.4f})")
+                draw_curves(out_dir / LOSS_FILE, out_dir / VALIDATION_FILE, out_dir / CURVE_FILE)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 _save_state(state_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "step": step, "elapsed": elapsed,
+                    "step": step, "elapsed": elapsed, "best": best,
                 })
                 log(f"step {step}/{config.steps}  loss {loss.item():.5f}  {elapsed:.0f}s")
-    metadata = {"config": json.dumps(asdict(config)), "steps": str(step), "elapsed_s": f"{elapsed:.0f}",
-                "backbone": backbone.info.name}
-    save_naf(model, out_dir / "naf.safetensors", metadata)
+    save_naf(model, out_dir / "naf.safetensors", _metadata(config, step, elapsed, teachers, best))
     return model.eval()
+
+
+def _metadata(config: TrainConfig, step: int, elapsed: float, teachers: list[Backbone], best: float) -> dict[str, str]:
+    return {"config": json.dumps(asdict(config)), "steps": str(step), "elapsed_s": f"{elapsed:.0f}",
+            "backbone": ",".join(t.info.name for t in teachers), "validation_mean_mse": f"{best:.5f}"}
