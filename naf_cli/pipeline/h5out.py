@@ -137,6 +137,7 @@ class HDF5FeatureSink:
         self._shard_started = 0.0
         self._next_shard = 0
         self._index_seconds = 0.0
+        self._index_written = -float("inf")  # time.monotonic() of this process's last index write
         self._damaged = False
 
     # -- resume -------------------------------------------------------------------------------
@@ -338,12 +339,20 @@ class HDF5FeatureSink:
         self.catalog.add(final.name, self._shard_names)
 
     def _publish(self) -> None:
-        """Close the current shard and rewrite the index to include it."""
+        """Close the current shard and rewrite the index to include it.
+
+        Parts of a split run share one index: each rewrites it at most every
+        ``INDEX_OVERHEAD x N`` times its last write took, so all N together spend about 5% of
+        one part's time on it, however many parts run. The shard itself is safe either way:
+        the next index written (by any part, at any part's end, or by a rerun) includes it.
+        """
         if self._shard is None:
             return
         self._close_shard()
         self._part.write(self.shards)
-        self._write_index()
+        spacing = INDEX_OVERHEAD * self._index_seconds * (self.partition.count - 1)
+        if time.monotonic() - self._index_written >= spacing:
+            self._write_index()
         _kill_point("published")
 
     def _snapshot(self) -> tuple[tuple[str, ...], list[PartState]]:
@@ -363,6 +372,7 @@ class HDF5FeatureSink:
             attrs = {**self.attrs, "shard_folder": self.shards.name, "images_done": len(links), **status.attrs()}
             targets = {name: f"{self.shards.name}/{shard}" for name, shard in links.items()}
             self._index_seconds = write_index(self.output, attrs, targets)
+            self._index_written = time.monotonic()
             self.status = status
             if self._snapshot() == (shards, parts):
                 return
