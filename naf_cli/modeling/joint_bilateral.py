@@ -45,55 +45,72 @@ def _colour_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).square().sum(1, keepdim=True)
 
 
-class JointBilateralUpsampling(Upsampler):
-    """JBU (Kopf et al. 2007): output pixel p = sum over low-res cells q around p of
-    F(q) exp(-|p - q|^2 / 2 sigma_spatial^2) exp(-|I(p) - I(q)|^2 / 2 sigma_range^2), normalised.
+class JointBilateral(Upsampler):
+    """What JBU and JBF share: a normalised sum over a window of ``source`` values, weighted by a
+    spatial and a range (colour) Gaussian, computed band by band over window offsets."""
 
-    ``|p - q|`` is measured in low-res cells between p's centre mapped onto the feature grid
-    and q's centre; q ranges over the ``(2 radius + 1)^2`` cells around the cell holding p
-    (cells outside the grid are left out; by default ``radius`` = ceil(2 sigma_spatial)). I(p): the guidance at output pixel p; I(q): the
-    guidance averaged over cell q.
-    """
-
-    def __init__(self, sigma_spatial: float = 1.0, sigma_range: float = 0.1, radius: int | None = None,
+    def __init__(self, sigma_spatial: float, sigma_range: float, radius: int | None = None,
                  band_rows: int = BAND_ROWS) -> None:
         super().__init__()
         self.sigma_spatial, self.sigma_range, self.band_rows = sigma_spatial, sigma_range, band_rows
         self.radius = window_radius(sigma_spatial, sigma_range, radius)
 
-    def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        """image [B, 3, H_img, W_img], features [B, C, h, w] -> [B, C, H, W]."""
-        (h, w), (H, W) = features.shape[-2:], (int(output_size[0]), int(output_size[1]))
-        guide_out = resize_guidance(image.to(features.dtype), (H, W))
-        guide_cells = resize_guidance(image.to(features.dtype), (h, w))
-        # each output pixel's centre on the feature grid (cell centres at integers), and its cell
-        ys = (torch.arange(H, device=features.device, dtype=features.dtype) + 0.5) * h / H - 0.5
-        xs = (torch.arange(W, device=features.device, dtype=features.dtype) + 0.5) * w / W - 0.5
-        cy, cx = (ys + 0.5).floor().long().clamp(0, h - 1), (xs + 0.5).floor().long().clamp(0, w - 1)
+    def mix(self, source: torch.Tensor, source_colours: torch.Tensor, colours: torch.Tensor, centres: tuple[torch.Tensor, torch.Tensor],
+            cells: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """[B, C, H, W]: output pixel (y, x) mixes the ``source`` [B, C, hs, ws] values q within ``radius``
+        of cell ``(cells[0][y], cells[1][x])``, weighted by exp(-|centre - q|^2 / 2 sigma_spatial^2)
+        exp(-|colours(y, x) - source_colours(q)|^2 / 2 sigma_range^2); ``centres`` [H], [W] are the output
+        pixels' positions in source coordinates, ``colours`` [B, 3, H, W]."""
+        (hs, ws), (H, W) = source.shape[-2:], colours.shape[-2:]
+        centre_y, centre_x = centres
         offsets = [(dy, dx) for dy in range(-self.radius, self.radius + 1) for dx in range(-self.radius, self.radius + 1)]
-        out = features.new_empty(features.shape[0], features.shape[1], H, W)
+        out = source.new_empty(source.shape[0], source.shape[1], H, W)
         for r0, r1 in _bands(H, self.band_rows):
-            cells = []
-            logits = []
+            logits, taps = [], []
             for dy, dx in offsets:
-                qy, qx = cy[r0:r1] + dy, cx + dx
-                valid = ((qy >= 0) & (qy < h))[:, None] & ((qx >= 0) & (qx < w))[None, :]
-                qy, qx = qy.clamp(0, h - 1), qx.clamp(0, w - 1)
-                spatial = (ys[r0:r1] - qy)[:, None].square() + (xs - qx)[None, :].square()
-                colour = guide_cells.index_select(2, qy).index_select(3, qx)
-                logit = -spatial / (2 * self.sigma_spatial ** 2) - _colour_distance(guide_out[:, :, r0:r1], colour) / (
+                qy, qx = cells[0][r0:r1] + dy, cells[1] + dx
+                valid = ((qy >= 0) & (qy < hs))[:, None] & ((qx >= 0) & (qx < ws))[None, :]
+                qy, qx = qy.clamp(0, hs - 1), qx.clamp(0, ws - 1)
+                spatial = (centre_y[r0:r1] - qy)[:, None].square() + (centre_x - qx)[None, :].square()
+                colour = source_colours.index_select(2, qy).index_select(3, qx)
+                logit = -spatial / (2 * self.sigma_spatial ** 2) - _colour_distance(colours[:, :, r0:r1], colour) / (
                     2 * self.sigma_range ** 2)
                 logits.append(logit.masked_fill(~valid, float("-inf")))
-                cells.append((qy, qx))
-            weights = torch.softmax(torch.stack(logits), dim=0)  # [K, B, 1, rows, W]
+                taps.append((qy, qx))
+            weights = torch.softmax(torch.stack(logits), dim=0)  # [K, B, 1, rows, W]: sums to 1 over the window
             band = out[:, :, r0:r1]
             band.zero_()
-            for weight, (qy, qx) in zip(weights, cells, strict=True):
-                band.add_(features.index_select(2, qy).index_select(3, qx) * weight)
+            for weight, (qy, qx) in zip(weights, taps, strict=True):
+                band.add_(source.index_select(2, qy).index_select(3, qx) * weight)
         return out
 
 
-class JointBilateralFilter(Upsampler):
+class JointBilateralUpsampling(JointBilateral):
+    """JBU (Kopf et al. 2007): output pixel p = sum over low-res cells q around p of
+    F(q) exp(-|p - q|^2 / 2 sigma_spatial^2) exp(-|I(p) - I(q)|^2 / 2 sigma_range^2), normalised.
+
+    ``|p - q|`` is measured in low-res cells between p's centre mapped onto the feature grid
+    and q's centre; q ranges over the ``(2 radius + 1)^2`` cells around the cell holding p
+    (cells outside the grid are left out; by default ``radius`` = ceil(2 sigma_spatial)).
+    I(p): the guidance at output pixel p; I(q): the guidance averaged over cell q.
+    """
+
+    def __init__(self, sigma_spatial: float = 1.0, sigma_range: float = 0.1, radius: int | None = None,
+                 band_rows: int = BAND_ROWS) -> None:
+        super().__init__(sigma_spatial, sigma_range, radius, band_rows)
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """image [B, 3, H_img, W_img], features [B, C, h, w] -> [B, C, H, W]."""
+        (h, w), (H, W) = features.shape[-2:], (int(output_size[0]), int(output_size[1]))
+        # each output pixel's centre on the feature grid (cell centres at integers), and its cell
+        ys = (torch.arange(H, device=features.device, dtype=features.dtype) + 0.5) * h / H - 0.5
+        xs = (torch.arange(W, device=features.device, dtype=features.dtype) + 0.5) * w / W - 0.5
+        cells = ((ys + 0.5).floor().long().clamp(0, h - 1), (xs + 0.5).floor().long().clamp(0, w - 1))
+        guide = image.to(features.dtype)
+        return self.mix(features, resize_guidance(guide, (h, w)), resize_guidance(guide, (H, W)), (ys, xs), cells)
+
+
+class JointBilateralFilter(JointBilateral):
     """JBF: the bilinearly upsampled features filtered by a joint bilateral filter, its window
     ``(2 radius + 1)^2`` output pixels: pixel p = sum over pixels q of the window of
     B(q) exp(-|p - q|^2 / 2 sigma_spatial^2) exp(-|I(p) - I(q)|^2 / 2 sigma_range^2), normalised
@@ -101,9 +118,7 @@ class JointBilateralFilter(Upsampler):
 
     def __init__(self, sigma_spatial: float = 2.0, sigma_range: float = 0.1, radius: int | None = None,
                  band_rows: int = BAND_ROWS) -> None:
-        super().__init__()
-        self.sigma_spatial, self.sigma_range, self.band_rows = sigma_spatial, sigma_range, band_rows
-        self.radius = window_radius(sigma_spatial, sigma_range, radius)
+        super().__init__(sigma_spatial, sigma_range, radius, band_rows)
 
     def peak_bytes(self, channels: int, output_size: tuple[int, int], batch: int = 1,
                    guidance_size: tuple[int, int] | None = None) -> int:
@@ -115,25 +130,5 @@ class JointBilateralFilter(Upsampler):
         H, W = int(output_size[0]), int(output_size[1])
         smooth = F.interpolate(features, size=(H, W), mode="bilinear", align_corners=False)
         guide = resize_guidance(image.to(features.dtype), (H, W))
-        rows = torch.arange(H, device=features.device)
-        columns = torch.arange(W, device=features.device)
-        offsets = [(dy, dx) for dy in range(-self.radius, self.radius + 1) for dx in range(-self.radius, self.radius + 1)]
-        out = torch.empty_like(smooth)
-        for r0, r1 in _bands(H, self.band_rows):
-            logits = []
-            taps = []
-            for dy, dx in offsets:
-                qy, qx = rows[r0:r1] + dy, columns + dx
-                valid = ((qy >= 0) & (qy < H))[:, None] & ((qx >= 0) & (qx < W))[None, :]
-                qy, qx = qy.clamp(0, H - 1), qx.clamp(0, W - 1)
-                colour = guide.index_select(2, qy).index_select(3, qx)
-                logit = -(dy * dy + dx * dx) / (2 * self.sigma_spatial ** 2) - _colour_distance(
-                    guide[:, :, r0:r1], colour) / (2 * self.sigma_range ** 2)
-                logits.append(logit.masked_fill(~valid, float("-inf")))
-                taps.append((qy, qx))
-            weights = torch.softmax(torch.stack(logits), dim=0)
-            band = out[:, :, r0:r1]
-            band.zero_()
-            for weight, (qy, qx) in zip(weights, taps, strict=True):
-                band.add_(smooth.index_select(2, qy).index_select(3, qx) * weight)
-        return out
+        rows, columns = torch.arange(H, device=features.device), torch.arange(W, device=features.device)
+        return self.mix(smooth, guide, guide, (rows.to(features.dtype), columns.to(features.dtype)), (rows, columns))
