@@ -21,7 +21,7 @@ from naf_cli.errors import WeightsError
 from naf_cli.modeling.naf import NAF
 from naf_cli.weight_files import describe_mismatch, read_state_dict, shorten
 
-DEFAULT_CHECKPOINT = "naf-effnet-lite0.safetensors"
+DEFAULT_CHECKPOINT = "naf-effnet-lite0-lite1.safetensors"
 CHECKPOINT_FIX = "pass a checkpoint name (naf models), a NAF weights file (.safetensors or .pth) or a URL"
 RELEASE_URL = "https://github.com/valeoai/NAF/releases/download/model/naf_release.pth"
 # NAF constructor parameters a checkpoint's metadata may set
@@ -42,8 +42,10 @@ class CheckpointEntry:
 
 
 CHECKPOINTS: dict[str, CheckpointEntry] = {entry.name: entry for entry in (
-    CheckpointEntry("effnet-lite0", "the default: trained here at x2 on effnet-lite0 features (CPU, 1200 steps)",
-                    file=DEFAULT_CHECKPOINT, card="naf-effnet-lite0.md"),
+    CheckpointEntry("effnet-lite0-lite1", "the default: effnet-lite0 weights fine-tuned here on lite0 and lite1 features "
+                    "at x2 and x4 (second stage, CPU)", file=DEFAULT_CHECKPOINT, card="naf-effnet-lite0-lite1.md"),
+    CheckpointEntry("effnet-lite0", "trained here at x2 only on effnet-lite0 features (CPU, 1200 steps): best at x2",
+                    file="naf-effnet-lite0.safetensors", card="naf-effnet-lite0.md"),
     CheckpointEntry("release", "the official NAF weights (valeoai/NAF), fetched on first use into the torch hub cache",
                     url=RELEASE_URL),
 )}

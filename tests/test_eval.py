@@ -67,7 +67,7 @@ def test_naf_eval_bilinear_row_matches_an_independent_computation(two_photos):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     rows = {(row["method"], row["factor"]): row for row in report["scores"]}
-    assert {"nearest", "bilinear", "bicubic", "jbu", "jbf", "naf (untrained)", "naf (shipped)"} == {m for m, _ in rows}
+    assert {"nearest", "bilinear", "bicubic", "jbu", "jbf", "naf (untrained)", "naf (default)"} == {m for m, _ in rows}
     assert rows[("bilinear", 2)]["images"] == 2 and rows[("bilinear", 4)]["images"] == 1  # chelsea is too small for x4
     assert "chelsea.jpg" in result.stderr and "x4 leaves out 1 photo" in result.stderr
 

@@ -19,7 +19,7 @@ def eval_(
     factor: Annotated[Optional[list[int]], typer.Option("--factor", help="Upsampling factors, e.g. --factor 2 4 8. [default: 2 4 8]",
                                                         show_default=False)] = None,
     checkpoint: Annotated[Optional[list[str]], typer.Option(
-        "--checkpoint", help="NAF weights to score beside the shipped checkpoint: names of `naf models`, files or URLs "
+        "--checkpoint", help="NAF weights to score beside the default checkpoint: names of `naf models`, files or URLs "
         "(several allowed).")] = None,
     split: Annotated[str, typer.Option("--split", help="all photos, or the train or validation part of models/photo-split.json.")] = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
@@ -28,7 +28,7 @@ def eval_(
     backbone_precision: BackbonePrecision = "fp32",
     device: Device = "auto",
 ) -> None:
-    """Score nearest, bilinear, bicubic, JBU, JBF, the untrained NAF and NAF checkpoints.
+    """Score nearest, bilinear, bicubic, JBU, JBF, the untrained NAF, the default NAF checkpoint and others.
 
     Per photo and factor f: the target is the backbone's features of the photo at f times a
     base size, the input its features at the base size; each method predicts the target
@@ -95,14 +95,14 @@ def select_photos(folder: Path, split: str) -> list[Path]:
 
 
 def evaluation_methods(checkpoints: list[str], device: str) -> list:
-    """nearest, bilinear, bicubic, jbu, jbf (the registry's), the untrained NAF, the shipped
+    """nearest, bilinear, bicubic, jbu, jbf (the registry's), the untrained NAF, the default
     checkpoint and each given one."""
     from naf_cli.evaluation.protocol import Method, untrained_naf
     from naf_cli.upsamplers import load_upsampler
 
     methods = [Method(name, load_upsampler(name, device=device)[0]) for name in ("nearest", "bilinear", "bicubic", "jbu", "jbf")]
     methods.append(Method("naf (untrained)", untrained_naf().to(device)))
-    methods.append(Method("naf (shipped)", load_upsampler("naf", device=device)[0]))
+    methods.append(Method("naf (default)", load_upsampler("naf", device=device)[0]))
     for checkpoint in checkpoints:
         label = Path(checkpoint).name if Path(checkpoint).is_file() else checkpoint
         methods.append(Method(f"naf ({label})", load_upsampler("naf", checkpoint, device)[0]))
