@@ -83,3 +83,9 @@ def test_second_stage_with_two_teachers_validates_and_keeps_the_best(tmp_path, e
     with safe_open(str(out / "best.safetensors"), "pt") as handle:
         assert abs(float(handle.metadata()["validation_mean_mse"]) - best) < 1e-4
     assert Image.open(out / "curves.png").size == (800, 420)
+
+
+def test_only_the_upsample_task_exists_for_now(tmp_path, examples_dir):
+    result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), "--task", "denoise"])
+    assert result.exit_code == 2 and "--task denoise is not available" in result.stderr
+    assert not (tmp_path / "r").exists()

@@ -34,6 +34,7 @@ def train(
         "validate on the second.")] = None,
     validate_every: Annotated[int, typer.Option(help="Steps between validations with naf eval's protocol (0: never).")] = 0,
     init: Annotated[Optional[Path], typer.Option(help="Start from these NAF weights (a new run only).")] = None,
+    task: Annotated[str, typer.Option("--task", help="upsample: feature reconstruction (the only task so far).")] = "upsample",
     device: Device = "auto",
 ) -> None:
     """Train NAF by feature reconstruction (MSE, AdamW); resumes from OUT_DIR/train_state.pt.
@@ -42,7 +43,11 @@ def train(
     a fresh checkout.
     """
     from naf_cli.cli.options import resolve_device
+    from naf_cli.errors import OptionError
     from naf_cli.training import TrainConfig
+
+    if task != "upsample":
+        raise OptionError(f"--task {task} is not available; fix: use --task upsample")
     from naf_cli.training import train as run_training
 
     config = TrainConfig(
