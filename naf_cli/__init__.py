@@ -17,7 +17,8 @@ __version__ = "0.2.0.dev0"
 
 _EXPORTS = {
     "BACKBONES": "naf_cli.backbones", "Backbone": "naf_cli.backbones", "load_backbone": "naf_cli.backbones",
-    "load_naf": "naf_cli.checkpoints", "save_naf": "naf_cli.checkpoints",
+    "load_naf": "naf_cli.checkpoints", "save_naf": "naf_cli.checkpoints", "load_denoiser": "naf_cli.checkpoints",
+    "Denoiser": "naf_cli.modeling", "restore": "naf_cli.pipeline.restore",
     "NafError": "naf_cli.errors", "FeatureFile": "naf_cli.features", "merge_outputs": "naf_cli.pipeline.merge",
     "DecodedImage": "naf_cli.images", "load_image": "naf_cli.images", "read_image": "naf_cli.images",
     "NAF": "naf_cli.modeling", "Upsampler": "naf_cli.modeling", "cross_scale_neighborhood_attention": "naf_cli.modeling",
@@ -30,11 +31,11 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from naf_cli.backbones import BACKBONES, Backbone, load_backbone
-    from naf_cli.checkpoints import load_naf, save_naf
+    from naf_cli.checkpoints import load_denoiser, load_naf, save_naf
     from naf_cli.errors import NafError
     from naf_cli.features import FeatureFile
     from naf_cli.images import DecodedImage, load_image, read_image
-    from naf_cli.modeling import NAF, Upsampler, cross_scale_neighborhood_attention
+    from naf_cli.modeling import NAF, Denoiser, Upsampler, cross_scale_neighborhood_attention
     from naf_cli.pipeline import (
         ImageSource,
         OutputSize,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         write_image,
     )
     from naf_cli.pipeline.merge import merge_outputs
+    from naf_cli.pipeline.restore import restore
     from naf_cli.upsamplers import UPSAMPLERS, load_upsampler
 
 

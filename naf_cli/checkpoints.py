@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,15 +18,18 @@ import torch
 
 from naf_cli.errors import WeightsError
 from naf_cli.modeling.naf import NAF
+from naf_cli.modeling.restoration import Denoiser
+from naf_cli.package_files import package_file
 from naf_cli.weight_files import describe_mismatch, read_state_dict, shorten
 
 DEFAULT_CHECKPOINT = "naf-effnet-lite0-lite1.safetensors"
+DEFAULT_DENOISER = "mixed"
 CHECKPOINT_FIX = "pass a checkpoint name (naf models), a NAF weights file (.safetensors or .pth) or a URL"
 RELEASE_URL = "https://github.com/valeoai/NAF/releases/download/model/naf_release.pth"
 # NAF constructor parameters a checkpoint's metadata may set
 ARCHITECTURE_KEYS = ("dim", "num_heads", "kernel_size", "num_blocks", "context_kernel")
 
-__all__ = ["CHECKPOINTS", "DEFAULT_CHECKPOINT", "load_naf", "packaged_checkpoint", "resolve_checkpoint", "save_naf"]
+__all__ = ["CHECKPOINTS", "DEFAULT_CHECKPOINT", "DEFAULT_DENOISER", "load_denoiser", "load_naf", "packaged_checkpoint", "resolve_checkpoint", "save_denoiser", "save_naf"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class CheckpointEntry:
     file: str = ""
     card: str = ""
     url: str = ""
+    task: str = "upsample"
 
 
 CHECKPOINTS: dict[str, CheckpointEntry] = {entry.name: entry for entry in (
@@ -48,12 +51,14 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {entry.name: entry for entry in (
                     file="naf-effnet-lite0.safetensors", card="naf-effnet-lite0.md"),
     CheckpointEntry("release", "the official NAF weights (valeoai/NAF), fetched on first use into the torch hub cache",
                     url=RELEASE_URL),
+    CheckpointEntry("mixed", "naf denoise's default: the restoration variant (kernel 15) trained here on Gaussian, "
+                    "salt-and-pepper and mixed noise", file="naf-denoise-mixed.safetensors", card="naf-denoise.md", task="denoise"),
 )}
 
 
 def packaged_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
-    """Path of a file shipped in the wheel (the repository's ``models/`` folder)."""
-    return Path(str(resources.files("naf_cli.models").joinpath(name)))
+    """Path of a checkpoint shipped in the wheel (the repository's ``models/`` folder)."""
+    return package_file(name)
 
 
 def fetch(url: str) -> Path:
@@ -86,17 +91,27 @@ def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
     return Path(text)
 
 
-def architecture(path: Path) -> dict[str, int]:
-    """The NAF constructor parameters recorded in a safetensors file's metadata ({} when none are)."""
-    if path.suffix != ".safetensors":
+def _metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata ({} for other files and unreadable ones)."""
+    if path.suffix != ".safetensors" or not path.is_file():
         return {}
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as handle:
-            recorded = (handle.metadata() or {}).get("architecture")
+            return dict(handle.metadata() or {})
     except Exception:  # an unreadable file is reported by read_state_dict, with the reason
         return {}
+
+
+def checkpoint_task(path: Path) -> str:
+    """``upsample`` or ``denoise``: what the weights were trained for (files without the key: upsample)."""
+    return _metadata(path).get("task", "upsample")
+
+
+def architecture(path: Path) -> dict[str, int]:
+    """The NAF constructor parameters recorded in a safetensors file's metadata ({} when none are)."""
+    recorded = _metadata(path).get("architecture")
     if not recorded:
         return {}
     values = json.loads(recorded)
@@ -108,7 +123,16 @@ def load_naf(path: str | Path | None = None, kernel_size: int | None = None, dev
     the shipped checkpoint), loaded strictly. The architecture comes from the file's metadata
     (``kernel_size`` overrides it); files without one are the reference layout (kernel 9)."""
     path = resolve_checkpoint(path)
+    return _load(path, "upsample", kernel_size, device)
+
+
+def _load(path: Path, task: str, kernel_size: int | None, device: str | torch.device) -> NAF:
     state = read_state_dict(path, "NAF checkpoint", CHECKPOINT_FIX)
+    found = checkpoint_task(path)
+    if found != task:
+        command = "naf denoise" if found == "denoise" else "naf upsample or naf extract"
+        raise WeightsError(f"{path} holds {found} weights, not {task} weights; fix: use it with {command}, "
+                           f"or pass a {task} checkpoint (naf models)")
     settings = architecture(path)
     if kernel_size is not None:
         settings["kernel_size"] = kernel_size
@@ -119,6 +143,18 @@ def load_naf(path: str | Path | None = None, kernel_size: int | None = None, dev
         raise WeightsError(f"{path} does not fit the NAF architecture: {mismatch}; fix: {CHECKPOINT_FIX}")
     model.load_state_dict(state, strict=True)
     return model.eval().to(device)
+
+
+def load_denoiser(path: str | Path | None = None, device: str | torch.device = "cpu") -> Denoiser:
+    """The restoration variant in eval mode with the weights of ``path`` (a registry name, a URL
+    or a file; default: ``DEFAULT_DENOISER``), loaded strictly; the file must say it is a denoiser."""
+    resolved = resolve_checkpoint(path if path is not None else DEFAULT_DENOISER)
+    return Denoiser(_load(resolved, "denoise", None, device)).eval()
+
+
+def save_denoiser(model: Denoiser, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``save_naf`` of the denoiser's NAF, marked ``task: denoise``."""
+    save_naf(model.naf, path, {**(metadata or {}), "task": "denoise"})
 
 
 def save_naf(model: NAF, path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -29,6 +29,8 @@ CASES = [
     (1, 8, 6, 7, 17, 23),      # non-integer ratios
     (1, 4, 4, 4, 16, 16),      # grid smaller than the kernel
     (1, 8, 9, 12, 5, 7),       # output smaller than the grid
+    (2, 8, 20, 17, 20, 17),    # same size (the restoration variant): blocks, with a partial last block
+    (1, 4, 6, 30, 6, 30),      # same size, fewer rows than the kernel
 ]
 
 
@@ -52,7 +54,12 @@ def test_every_backend_matches_brute_force(name, case):
             cross_scale_neighborhood_attention(q, k, v, 4, 9, backend=name)
         return
     out = cross_scale_neighborhood_attention(q, k, v, 4, 9, backend=name)
-    torch.testing.assert_close(out.double(), brute_force_attention(q, k, v, 4, 9), atol=1e-5, rtol=1e-5)
+    if case not in _EXPECTED:  # the brute force is slow: once per case for every backend
+        _EXPECTED[case] = brute_force_attention(q, k, v, 4, 9)
+    torch.testing.assert_close(out.double(), _EXPECTED[case], atol=1e-5, rtol=1e-5)
+
+
+_EXPECTED: dict[tuple[int, ...], torch.Tensor] = {}
 
 
 def test_refusals_say_why():
@@ -70,7 +77,7 @@ def test_chooser_prefers_cells_and_honours_a_name():
     q, k, v = _inputs(1, 8, 10, 10, 20, 20)
     assert choose_backend(_problem(q, v)).name == "cells"
     assert choose_backend(_problem(q, v), "reference").name == "reference"
-    with pytest.raises(UnknownNameError, match="known backends: cells"):
+    with pytest.raises(UnknownNameError, match="known backends: blocks, cells"):
         choose_backend(_problem(q, v), "fused")
     with pytest.raises(UnknownNameError, match="unknown attention backend 'fused'"):
         NAF(attention_backend="fused")
@@ -89,6 +96,32 @@ def test_naf_runs_on_a_named_backend_and_falls_back_for_gradients():
     image.requires_grad_()
     reference(image, features, (20, 20)).sum().backward()
     assert image.grad is not None and torch.isfinite(image.grad).all()
+
+
+def test_blocks_backend_gradients_match_the_reference():
+    """Training the restoration variant backpropagates through ``blocks``: its gradients equal the reference's."""
+    q, k, v = _inputs(2, 12, 19, 21, 19, 21)
+    grads = {}
+    for name in ("blocks", "reference"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = cross_scale_neighborhood_attention(*leaves, 4, 15, backend=name)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads[name] = [t.grad for t in leaves]
+    for got, expected in zip(grads["blocks"], grads["reference"], strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert choose_backend(_problem(q, v)).name == "blocks"
+
+
+def test_blocks_in_chunks_and_bands_equal_the_brute_force_at_kernel_15():
+    """The restoration variant's kernel: rows taken a row of blocks at a time (the inference
+    chunks), and a band of rows starting mid-map (``forward_bands``), with partial last blocks."""
+    q, k, v = _inputs(1, 8, 21, 19, 21, 19)
+    expected = brute_force_attention(q, k, v, 4, 15)
+    chunked = cross_scale_neighborhood_attention(q, k, v, 4, 15, max_chunk_bytes=1, backend="blocks")
+    torch.testing.assert_close(chunked.double(), expected, atol=1e-5, rtol=1e-5)
+    band = BACKENDS["blocks"].attend(q[:, :, 5:17], k, v, row0=5, out_height=21, num_heads=4, kernel_size=15,
+                                     max_chunk_bytes=1)
+    torch.testing.assert_close(band.double(), expected[:, :, 5:17], atol=1e-5, rtol=1e-5)
 
 
 def test_index_tensors_are_cached_per_sizes_kernel_and_device():

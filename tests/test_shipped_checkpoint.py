@@ -1,10 +1,12 @@
 """The default checkpoint loads strictly and beats the training-free baselines at x2 on validation photos."""
 
+import json
+
 import pytest
 from safetensors import safe_open
 
 from naf_cli.backbones import load_backbone
-from naf_cli.checkpoints import CHECKPOINTS, load_naf, packaged_checkpoint, resolve_checkpoint
+from naf_cli.checkpoints import CHECKPOINTS, load_denoiser, load_naf, packaged_checkpoint, resolve_checkpoint
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
@@ -14,10 +16,15 @@ def test_every_shipped_checkpoint_loads_and_says_how_it_was_trained(name):
         pytest.skip(f"{name} is fetched, not shipped")
     path = packaged_checkpoint(entry.file)
     assert (path.parent / entry.card).is_file(), "every shipped checkpoint has a model card"
-    load_naf(name)  # strict
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    assert "effnet-lite0" in meta["backbone"].split(",") and int(meta["steps"]) > 0
+    assert int(meta["steps"]) > 0 and meta.get("task", "upsample") == entry.task
+    if entry.task == "denoise":
+        assert load_denoiser(name).naf.kernel_size == 15  # strict, architecture from the metadata
+        assert json.loads(meta["config"])["split"].endswith("photo-split.json")  # trained on the training photos only
+    else:
+        load_naf(name)  # strict
+        assert "effnet-lite0" in meta["backbone"].split(",")
     assert resolve_checkpoint(None) == packaged_checkpoint(CHECKPOINTS["effnet-lite0-lite1"].file)  # the default
 
 

@@ -85,7 +85,13 @@ def test_second_stage_with_two_teachers_validates_and_keeps_the_best(tmp_path, e
     assert Image.open(out / "curves.png").size == (800, 420)
 
 
-def test_only_the_upsample_task_exists_for_now(tmp_path, examples_dir):
-    result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), "--task", "denoise"])
-    assert result.exit_code == 2 and "--task denoise is not available" in result.stderr
+def test_train_options_belong_to_their_task(tmp_path, examples_dir):
+    result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), "--task", "restore"])
+    assert result.exit_code == 2 and "--task restore is not available" in result.stderr
+    result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), "--noise", "gaussian"])
+    assert result.exit_code == 2 and "--noise is for --task denoise" in result.stderr
+    result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), "--task", "denoise", "--factor", "4"])
+    assert result.exit_code == 2 and "are for --task upsample" in result.stderr
+    result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), "--task", "denoise", "--noise", "speckle"])
+    assert result.exit_code == 2 and "unknown noise kind speckle" in result.stderr
     assert not (tmp_path / "r").exists()

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 import naf_cli
 from naf_cli.cli.bench_cmd import bench
+from naf_cli.cli.denoise_cmd import denoise
 from naf_cli.cli.env_cmds import env, models
 from naf_cli.cli.errors import debug_enabled, describe, set_debug
 from naf_cli.cli.eval_cmd import eval_
@@ -144,6 +145,7 @@ def main(
 
 app.command()(extract)
 app.command()(upsample)
+app.command()(denoise)
 app.command()(info)
 app.command()(merge)
 app.command("eval")(eval_)

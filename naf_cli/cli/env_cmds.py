@@ -31,7 +31,8 @@ def models() -> None:
     console.print("upsamplers: " + ", ".join(UPSAMPLERS))
     from naf_cli.checkpoints import CHECKPOINTS
 
-    console.print("NAF checkpoints (--checkpoint NAME, or a file, or a URL):")
-    for entry in CHECKPOINTS.values():
-        where = f"models/{entry.file}, card models/{entry.card}" if entry.file else entry.url
-        console.print(f"  {entry.name}: {entry.summary} ({where})", markup=False, highlight=False, soft_wrap=True)
+    for task, command in (("upsample", "naf upsample, extract, eval, pca"), ("denoise", "naf denoise")):
+        console.print(f"NAF {task} checkpoints for {command} (--checkpoint NAME, or a file, or a URL):")
+        for entry in (e for e in CHECKPOINTS.values() if e.task == task):
+            where = f"models/{entry.file}, card models/{entry.card}" if entry.file else entry.url
+            console.print(f"  {entry.name}: {entry.summary} ({where})", markup=False, highlight=False, soft_wrap=True)

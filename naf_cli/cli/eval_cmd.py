@@ -15,7 +15,8 @@ SPLIT_FILE = "photo-split.json"
 def eval_(
     photos: Annotated[Path, typer.Argument(help="Folder of photos (e.g. ../shared/photos/train).", show_default=False)],
     vfm: Annotated[str, typer.Option("--vfm", help="Backbone whose features are reconstructed (see `naf models`).")] = "effnet-lite0",
-    task: Annotated[str, typer.Option("--task", help="upsample: the feature reconstruction protocol (docs/quality.md).")] = "upsample",
+    task: Annotated[str, typer.Option("--task", help="upsample: the feature reconstruction protocol; denoise: PSNR and "
+                                      "SSIM under fixed synthetic noise against tuned classical denoisers (docs/quality.md).")] = "upsample",
     factor: Annotated[Optional[list[int]], typer.Option("--factor", help="Upsampling factors, e.g. --factor 2 4 8. [default: 2 4 8]",
                                                         show_default=False)] = None,
     checkpoint: Annotated[Optional[list[str]], typer.Option(
@@ -26,9 +27,11 @@ def eval_(
     vfm_weights: VfmWeights = None,
     layer: Layer = None,
     backbone_precision: BackbonePrecision = "fp32",
+    crop: Annotated[int, typer.Option("--crop", help="--task denoise: side of the central square of each photo.")] = 256,
     device: Device = "auto",
 ) -> None:
-    """Score nearest, bilinear, bicubic, JBU, JBF, the untrained NAF, the default NAF checkpoint and others.
+    """Score nearest, bilinear, bicubic, JBU, JBF, the untrained NAF, the default NAF checkpoint and others;
+    with --task denoise, NAF denoisers against tuned classical denoisers.
 
     Per photo and factor f: the target is the backbone's features of the photo at f times a
     base size, the input its features at the base size; each method predicts the target
@@ -45,8 +48,15 @@ def eval_(
     from naf_cli.evaluation.pairs import BASE_CELLS
     from naf_cli.evaluation.protocol import evaluate
 
+    if task == "denoise":
+        from naf_cli.cli.eval_denoise import evaluate_denoise_task
+
+        if crop < 16:
+            raise OptionError(f"--crop {crop} is too small; fix: 64 or more")
+        evaluate_denoise_task(select_photos(photos, split), split, list(checkpoint or []), resolve_device(device), crop, as_json)
+        return
     if task != "upsample":
-        raise OptionError(f"--task {task} is not available; fix: use --task upsample")
+        raise OptionError(f"--task {task} is not available; fix: use --task upsample or --task denoise")
     factors = list(factor or [2, 4, 8])
     unknown = [f for f in factors if f not in BASE_CELLS]
     if unknown:
@@ -75,8 +85,8 @@ def select_photos(folder: Path, split: str) -> list[Path]:
     """The photos of ``folder``, or those of one part of the committed split."""
     import json
 
-    from naf_cli.checkpoints import packaged_checkpoint
     from naf_cli.errors import OptionError
+    from naf_cli.package_files import package_file
     from naf_cli.pipeline.sources import list_images
 
     if not folder.is_dir():
@@ -85,7 +95,7 @@ def select_photos(folder: Path, split: str) -> list[Path]:
     if split == "all":
         chosen = paths
     elif split in ("train", "validation"):
-        names = set(json.loads(packaged_checkpoint(SPLIT_FILE).read_text())[split])
+        names = set(json.loads(package_file(SPLIT_FILE).read_text())[split])
         chosen = [p for p in paths if p.name in names]
     else:
         raise OptionError(f"--split {split} does not exist; fix: use all, train or validation")

@@ -19,11 +19,13 @@ def train(
     steps: Annotated[int, typer.Option(help="Total optimiser steps.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 4,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
-    crop: Annotated[int, typer.Option(help="Square crop side; inputs come from the crop halved.")] = 512,
+    crop: Annotated[Optional[int], typer.Option(
+        help="Square crop side (upsample: inputs come from the crop downscaled) [default: 512; denoise: 64]",
+        show_default=False)] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 25,
     seed: Annotated[int, typer.Option(help="Seed of the crops and the initialisation.")] = 0,
     exclude: Annotated[Optional[list[str]], typer.Option(help="File name to hold out (repeatable).")] = None,
-    bf16: Annotated[bool, typer.Option(help="bf16 autocast (for GPUs).")] = False,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPUs, and CPUs with AVX512-BF16 or AMX).")] = False,
     also_vfm: Annotated[Optional[list[str]], typer.Option(
         "--also-vfm", help="More teacher backbones, taken in turn with --vfm (e.g. --also-vfm effnet-lite1).")] = None,
     factor: Annotated[Optional[list[int]], typer.Option(
@@ -34,10 +36,14 @@ def train(
         "validate on the second.")] = None,
     validate_every: Annotated[int, typer.Option(help="Steps between validations with naf eval's protocol (0: never).")] = 0,
     init: Annotated[Optional[Path], typer.Option(help="Start from these NAF weights (a new run only).")] = None,
-    task: Annotated[str, typer.Option("--task", help="upsample: feature reconstruction (the only task so far).")] = "upsample",
+    task: Annotated[str, typer.Option("--task", help="upsample: feature reconstruction; denoise: the restoration "
+                                      "variant (kernel 15) on synthetic noise.")] = "upsample",
+    noise: Annotated[Optional[list[str]], typer.Option(
+        "--noise", help="--task denoise: noise kinds drawn in turn: gaussian, salt-pepper, mixed. [default: all three]",
+        show_default=False)] = None,
     device: Device = "auto",
 ) -> None:
-    """Train NAF by feature reconstruction (MSE, AdamW); resumes from OUT_DIR/train_state.pt.
+    """Train NAF by feature reconstruction (MSE, AdamW), or as a denoiser; resumes from OUT_DIR/train_state.pt.
 
     Keep OUT_DIR outside the source tree (e.g. ~/.cache/naf-train/RUN) so a run survives
     a fresh checkout.
@@ -46,14 +52,30 @@ def train(
     from naf_cli.errors import OptionError
     from naf_cli.training import TrainConfig
 
-    if task != "upsample":
-        raise OptionError(f"--task {task} is not available; fix: use --task upsample")
+    if task not in ("upsample", "denoise"):
+        raise OptionError(f"--task {task} is not available; fix: use --task upsample or --task denoise")
+    if task == "denoise":
+        from naf_cli.training.denoise_loop import DenoiseConfig, train_denoiser
+
+        if also_vfm or factor or vfm_weights or vfm != "effnet-lite0":
+            raise OptionError("--vfm, --vfm-weights, --also-vfm and --factor are for --task upsample; fix: leave them out")
+        denoise = DenoiseConfig(
+            images=str(images), out_dir=str(out_dir), kinds=tuple(noise or DenoiseConfig.kinds), steps=steps,
+            batch_size=batch_size, lr=lr, crop=crop or 64, checkpoint_every=checkpoint_every, seed=seed,
+            device=resolve_device(device), bf16=bf16, exclude=tuple(exclude or ()),
+            split=str(split) if split else None, validate_every=validate_every, init=str(init) if init else None,
+        )
+        train_denoiser(denoise, log=lambda line: print(line, file=sys.stderr))
+        print(Path(out_dir) / "naf.safetensors")
+        return
+    if noise:
+        raise OptionError("--noise is for --task denoise; fix: add --task denoise or leave --noise out")
     from naf_cli.training import train as run_training
 
     config = TrainConfig(
         images=str(images), out_dir=str(out_dir), backbone=vfm,
         backbone_weights=str(vfm_weights) if vfm_weights else None, steps=steps, batch_size=batch_size,
-        lr=lr, crop=crop, checkpoint_every=checkpoint_every, seed=seed, device=resolve_device(device),
+        lr=lr, crop=crop or 512, checkpoint_every=checkpoint_every, seed=seed, device=resolve_device(device),
         bf16=bf16, exclude=tuple(exclude or ()), extra_backbones=tuple(also_vfm or ()), factors=tuple(factor or (2,)),
         split=str(split) if split else None, validate_every=validate_every, init=str(init) if init else None,
     )

@@ -3,6 +3,7 @@
 from naf_cli.modeling.attention import cross_scale_neighborhood_attention
 from naf_cli.modeling.interpolation import Interpolation
 from naf_cli.modeling.naf import NAF
+from naf_cli.modeling.restoration import Denoiser
 from naf_cli.modeling.upsampler import Upsampler
 
-__all__ = ["NAF", "Interpolation", "Upsampler", "cross_scale_neighborhood_attention"]
+__all__ = ["NAF", "Denoiser", "Interpolation", "Upsampler", "cross_scale_neighborhood_attention"]

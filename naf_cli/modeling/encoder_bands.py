@@ -43,20 +43,27 @@ class BandedMap:
         return band[:, :, local:local + 1]
 
 
-def _group_norm_affine(stats: BandedMap, width: int, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """GroupNorm as a per-channel affine ``x * scale + shift`` ([B, C, 1, 1] each) from whole-map sums."""
-    batch, channels = stats.sums.shape
+def group_norm_affine(
+    sums: torch.Tensor, squares: torch.Tensor, pixels: int, norm: nn.GroupNorm, dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm as a per-channel affine ``x * scale + shift`` ([B, C, 1, 1] each) from the
+    per-channel sums and sums of squares ([B, C], float64) over ``pixels`` positions."""
+    batch, channels = sums.shape
     groups = norm.num_groups
-    count = stats.height * width * (channels // groups)
-    mean = stats.sums.view(batch, groups, -1).sum(-1) / count
-    var = (stats.squares.view(batch, groups, -1).sum(-1) / count - mean * mean).clamp(min=0)
+    count = pixels * (channels // groups)
+    mean = sums.view(batch, groups, -1).sum(-1) / count
+    var = (squares.view(batch, groups, -1).sum(-1) / count - mean * mean).clamp(min=0)
     rstd = (var + norm.eps).rsqrt().repeat_interleave(channels // groups, dim=1)
     weight = norm.weight.double() if norm.weight is not None else torch.ones_like(rstd)
     bias = norm.bias.double() if norm.bias is not None else torch.zeros_like(rstd)
     scale = rstd * weight
     shift = bias - mean.repeat_interleave(channels // groups, dim=1) * scale
-    dtype = stats.bands[0].dtype
     return scale.to(dtype)[:, :, None, None], shift.to(dtype)[:, :, None, None]
+
+
+def _group_norm_affine(stats: BandedMap, width: int, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm's affine from the sums a banded map carries."""
+    return group_norm_affine(stats.sums, stats.squares, stats.height * width, norm, stats.bands[0].dtype)
 
 
 def _conv_layer(
@@ -119,7 +126,7 @@ def _split(image: torch.Tensor, band_rows: int) -> BandedMap:
     return BandedMap(bands, band_rows, height, empty, empty)
 
 
-def _layers(branch: nn.Sequential) -> list[tuple[nn.Conv2d, nn.GroupNorm | None]]:
+def branch_layers(branch: nn.Sequential) -> list[tuple[nn.Conv2d, nn.GroupNorm | None]]:
     """A branch as (conv, the norm before it): the stem has none, each block gives two."""
     stem = branch[0]
     assert isinstance(stem, nn.Conv2d)
@@ -143,7 +150,7 @@ def encode_in_bands(encoder: ImageEncoder, image: torch.Tensor, band_rows: int =
     batch, _, height, width = image.shape
     band_rows = max(1, min(band_rows, height))
     source = _split(image, band_rows)
-    branches = [_layers(encoder.encoder), _layers(encoder.sem_encoder)]
+    branches = [branch_layers(encoder.encoder), branch_layers(encoder.sem_encoder)]
     total = sum(layers[-1][0].out_channels for layers in branches)
     out = torch.empty(batch, total, height, width, dtype=image.dtype, device=image.device, memory_format=torch.channels_last)
     first = 0

@@ -22,7 +22,9 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _series(loss_rows: list[dict[str, str]], validation_rows: list[dict[str, str]]) -> dict[str, list[tuple[float, float]]]:
+def _series(
+    loss_rows: list[dict[str, str]], validation_rows: list[dict[str, str]], group: str, value: str, label: str,
+) -> dict[str, list[tuple[float, float]]]:
     series: dict[str, list[tuple[float, float]]] = {}
     if loss_rows:
         window = max(1, len(loss_rows) // 100)
@@ -33,14 +35,21 @@ def _series(loss_rows: list[dict[str, str]], validation_rows: list[dict[str, str
         series[f"training loss (mean of {window} steps)"] = means
     by_factor: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in validation_rows:
-        by_factor[f"validation MSE x{row['factor']}"].append((float(row["step"]), float(row["mse"])))
+        by_factor[label.format(row[group])].append((float(row["step"]), float(row[value])))
     series.update(by_factor)
     return series
 
 
-def draw_curves(loss_csv: Path, validation_csv: Path, out: Path) -> None:
-    """Write ``out`` (PNG): every series against the step, one shared linear y axis."""
-    series = _series(_read(loss_csv), _read(validation_csv))
+def draw_curves(
+    loss_csv: Path | None, validation_csv: Path | None, out: Path, group: str = "factor", value: str = "mse",
+    label: str = "validation MSE x{}",
+) -> None:
+    """Write ``out`` (PNG): every series against the step, one shared linear y axis.
+
+    The training loss (when ``loss_csv`` is given) and (when ``validation_csv`` is) one validation series per distinct
+    ``group`` column value, of its ``value`` column, named by ``label``.
+    """
+    series = _series(_read(loss_csv) if loss_csv else [], _read(validation_csv) if validation_csv else [], group, value, label)
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     points = [p for values in series.values() for p in values]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,12 +20,7 @@ from naf_cli.evaluation.pairs import feature_pair
 from naf_cli.modeling.naf import NAF
 from naf_cli.training.curve import draw_curves
 from naf_cli.training.data import RandomCrops
-
-STATE_FILE = "train_state.pt"
-LOSS_FILE = "loss.csv"
-VALIDATION_FILE = "validation.csv"
-BEST_FILE = "best.safetensors"
-CURVE_FILE = "curves.png"
+from naf_cli.training.steps import BEST_FILE, CURVE_FILE, LOSS_FILE, VALIDATION_FILE, TrainingRun, run_steps
 
 
 @dataclass
@@ -67,23 +60,16 @@ class TrainConfig:
     init: str | None = None
 
 
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _split_names(config: TrainConfig) -> tuple[tuple[str, ...], list[str]]:
-    """(names to exclude from training, validation names)."""
-    if config.split is None:
-        return tuple(config.exclude), []
+def split_names(split: str | None, exclude: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """(names to exclude from training, validation names) of a split file (and ``exclude``)."""
+    if split is None:
+        return tuple(exclude), []
     try:
-        split = json.loads(Path(config.split).read_text())
-        validation = list(split["validation"])
+        validation = list(json.loads(Path(split).read_text())["validation"])
     except (OSError, ValueError, KeyError) as err:
-        raise OptionError(f"cannot read the split {config.split} ({err}); fix: pass a JSON file with train and "
+        raise OptionError(f"cannot read the split {split} ({err}); fix: pass a JSON file with train and "
                           f"validation lists, e.g. models/photo-split.json") from err
-    return tuple(config.exclude) + tuple(validation), validation
+    return tuple(exclude) + tuple(validation), validation
 
 
 def _check(config: TrainConfig) -> None:
@@ -133,66 +119,44 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
     torch.manual_seed(config.seed)
     teachers = [load_backbone(config.backbone, config.backbone_weights, device)]
     teachers += [load_backbone(name, None, device) for name in config.extra_backbones]
-    excluded, validation_names = _split_names(config)
+    excluded, validation_names = split_names(config.split, config.exclude)
     data = RandomCrops(Path(config.images), config.crop, excluded)
     model = load_naf(config.init, device=device).train() if config.init else NAF().to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    step, elapsed, best = 0, 0.0, float("inf")
-
-    state_path = out_dir / STATE_FILE
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
-        best = float(state.get("best", float("inf")))
-        log(f"resumed from {state_path} at step {step}")
+    run = TrainingRun(model, optimizer, torch.Generator().manual_seed(config.seed), out_dir, best=float("inf"))
+    run.resume(device, log)
     names = ", ".join(t.info.name for t in teachers)
     log(f"training on {len(data.paths)} images from {config.images}, teachers {names}, factors {config.factors}, "
         f"{config.steps} steps")
-    validator = None
+
+    def take_step(step: int) -> tuple[float, list[object]]:
+        teacher = teachers[step % len(teachers)]
+        factor = config.factors[(step // len(teachers)) % len(config.factors)]
+        images = data.batch(config.batch_size, run.generator).to(device)
+        low, target = feature_pair(teacher, images, factor)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            prediction = model(images, low, tuple(target.shape[-2:]))
+        loss = F.mse_loss(prediction.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item(), [teacher.info.name, factor]
+
+    validate = None
     if validation_names and config.validate_every > 0:
         photos = [Path(config.images) / name for name in validation_names if (Path(config.images) / name).is_file()]
         validator = Validator(photos, teachers[0], config.validation_factors, out_dir)
 
-    with open(out_dir / LOSS_FILE, "a", newline="") as loss_file:
-        writer = csv.writer(loss_file)
-        if loss_file.tell() == 0:
-            writer.writerow(["step", "loss", "elapsed_s", "teacher", "factor"])
-        while step < config.steps:
-            started = time.perf_counter()
-            teacher = teachers[step % len(teachers)]
-            factor = config.factors[(step // len(teachers)) % len(config.factors)]
-            images = data.batch(config.batch_size, generator).to(device)
-            low, target = feature_pair(teacher, images, factor)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                prediction = model(images, low, tuple(target.shape[-2:]))
-            loss = F.mse_loss(prediction.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            elapsed += time.perf_counter() - started
-            writer.writerow([step, f"{loss.item():.6f}", f"{elapsed:.1f}", teacher.info.name, factor])
-            loss_file.flush()
-            if validator is not None and step % config.validate_every == 0:
-                score = validator.score(model, step)
-                if score < best:
-                    best = score
-                    save_naf(model, out_dir / BEST_FILE, _metadata(config, step, elapsed, teachers, best))
-                log(f"step {step}: validation mean MSE {score:.4f} (best {best:.4f})")
-                draw_curves(out_dir / LOSS_FILE, out_dir / VALIDATION_FILE, out_dir / CURVE_FILE)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_state(state_path, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "step": step, "elapsed": elapsed, "best": best,
-                })
-                log(f"step {step}/{config.steps}  loss {loss.item():.5f}  {elapsed:.0f}s")
-    save_naf(model, out_dir / "naf.safetensors", _metadata(config, step, elapsed, teachers, best))
+        def validate() -> None:
+            score = validator.score(model, run.step)
+            if score < run.best:
+                run.best = score
+                save_naf(model, out_dir / BEST_FILE, _metadata(config, run.step, run.elapsed, teachers, run.best))
+            log(f"step {run.step}: validation mean MSE {score:.4f} (best {run.best:.4f})")
+            draw_curves(out_dir / LOSS_FILE, out_dir / VALIDATION_FILE, out_dir / CURVE_FILE)
+
+    run_steps(run, config.steps, config.checkpoint_every, take_step, ["teacher", "factor"], log, validate, config.validate_every)
+    save_naf(model, out_dir / "naf.safetensors", _metadata(config, run.step, run.elapsed, teachers, run.best))
     return model.eval()
 
 

@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 
 from naf_cli.errors import OptionError, UnknownNameError
+from naf_cli.modeling.attention.blocks import BlocksBackend
 from naf_cli.modeling.attention.cells import CellsBackend
 from naf_cli.modeling.attention.natten_route import NattenBackend
 from naf_cli.modeling.attention.problem import AttentionProblem
@@ -34,9 +35,10 @@ class AttentionBackend(Protocol):
         one output (and only those), where a backend may keep work shared between bands."""
 
 
-# Order of preference. A fused GPU kernel would go first, with a refusal off CUDA.
+# Order of preference. A fused GPU kernel would go first, with a refusal off CUDA; ``blocks``
+# takes only same-size problems (the restoration variant), where it beats the others.
 BACKENDS: dict[str, AttentionBackend] = {
-    backend.name: backend for backend in (CellsBackend(), NattenBackend(), ReferenceBackend())
+    backend.name: backend for backend in (BlocksBackend(), CellsBackend(), NattenBackend(), ReferenceBackend())
 }
 
 

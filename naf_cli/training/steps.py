@@ -1,0 +1,99 @@
+"""What every training task shares: the resumable state, the step loop, the loss log.
+
+A task (feature reconstruction, denoising) supplies one optimiser step and, optionally, a
+validation; this module counts the steps and their time, appends ``loss.csv``, calls the
+validation every N steps and saves ``train_state.pt`` (weights, optimiser, data generator,
+torch's RNG, step, step time, best score) so that a resumed run continues the same sequence.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+STATE_FILE = "train_state.pt"
+LOSS_FILE = "loss.csv"
+VALIDATION_FILE = "validation.csv"
+BEST_FILE = "best.safetensors"
+CURVE_FILE = "curves.png"
+
+
+def save_state(path: Path, state: dict) -> None:
+    """``torch.save`` through a temporary file, so an interruption leaves the previous state whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainingRun:
+    """The state of one run in ``out_dir``; ``best`` is the best validation score so far
+    (its sense, lower or higher is better, is the task's)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    out_dir: Path
+    best: float
+    step: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / STATE_FILE
+
+    def resume(self, device: torch.device, log: Callable[[str], None]) -> None:
+        """Load ``train_state.pt`` when there is one (a new run otherwise)."""
+        if not self.state_path.exists():
+            return
+        state = torch.load(self.state_path, map_location=device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.best = float(state.get("best", self.best))
+        log(f"resumed from {self.state_path} at step {self.step}")
+
+    def save(self) -> None:
+        save_state(self.state_path, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "step": self.step, "elapsed": self.elapsed, "best": self.best,
+        })
+
+
+def run_steps(
+    run: TrainingRun, steps: int, checkpoint_every: int, take_step: Callable[[int], tuple[float, Sequence[object]]],
+    loss_columns: Sequence[str], log: Callable[[str], None],
+    validate: Callable[[], None] | None = None, validate_every: int = 0,
+) -> None:
+    """Take steps until ``run.step == steps``.
+
+    ``take_step(step)`` makes one optimiser step and returns (loss, the values of
+    ``loss_columns`` for the log). ``validate()`` runs after every ``validate_every`` steps
+    (it updates ``run.best``); the state is saved every ``checkpoint_every`` steps and at the end.
+    """
+    with open(run.out_dir / LOSS_FILE, "a", newline="") as loss_file:
+        writer = csv.writer(loss_file)
+        if loss_file.tell() == 0:
+            writer.writerow(["step", "loss", "elapsed_s", *loss_columns])
+        while run.step < steps:
+            started = time.perf_counter()
+            loss, columns = take_step(run.step)
+            run.step += 1
+            run.elapsed += time.perf_counter() - started
+            writer.writerow([run.step, f"{loss:.6f}", f"{run.elapsed:.1f}", *columns])
+            loss_file.flush()
+            if validate is not None and validate_every > 0 and run.step % validate_every == 0:
+                validate()
+            if run.step % checkpoint_every == 0 or run.step == steps:
+                run.save()
+                log(f"step {run.step}/{steps}  loss {loss:.5f}  {run.elapsed:.0f}s")
