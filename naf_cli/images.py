@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from naf_cli.errors import ImageReadError
+from naf_cli.png16 import decode_colour_png16, is_colour_png16
 
 # refuse decompression bombs, but allow large real photos (about 16k x 16k)
 MAX_PIXELS = 268_000_000
@@ -80,10 +81,13 @@ def decode_image(data: bytes, name: str | Path = "<bytes>") -> DecodedImage:
             with Image.open(io.BytesIO(data)) as img:
                 frames = int(getattr(img, "n_frames", 1))
                 source_format = img.format or ""
+                orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
                 upright = ImageOps.exif_transpose(img)
                 exif = upright.getexif()
                 exif.pop(EXIF_ORIENTATION, None)
-                array, bit_depth = _samples(upright)
+                deep = decode_colour_png16(data, orientation) if is_colour_png16(data) else None
+                # Pillow keeps 8 of a colour PNG's 16 bits
+                array, bit_depth = (deep, 16) if deep is not None else _samples(upright)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise ImageReadError(f"cannot read {name}: more pixels than the {MAX_PIXELS:,}-pixel safety limit "
                              f"(a decompression bomb, or a huge scan); fix: downscale it first") from err

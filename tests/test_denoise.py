@@ -20,9 +20,10 @@ from naf_cli.evaluation.denoise_protocol import central_crop
 from naf_cli.evaluation.denoisers import PEERS, gaussian_blur, median_filter, tuned_parameters
 from naf_cli.evaluation.image_quality import psnr, ssim
 from naf_cli.evaluation.noise import Noise
-from naf_cli.images import load_image
+from naf_cli.images import load_image, read_image
 from naf_cli.modeling.restoration import Denoiser
 from naf_cli.modeling.restoration_tiles import denoise_in_tiles, whole_image_bytes
+from naf_cli.pipeline.image_sink import encode_png16
 from naf_cli.pipeline.restore import restore, restore_batch
 from naf_cli.training.denoise_loop import DenoiseConfig, noisy_batch, train_denoiser
 
@@ -132,6 +133,9 @@ def test_naf_denoise_round_trips_modes_bit_depths_and_exif(tmp_path, examples_di
     alpha = np.tile(np.linspace(0, 255, 37, dtype=np.uint8), (29, 1))
     rgba.putalpha(Image.fromarray(alpha))
     rgba.save(folder / "alpha.png")
+    rgb16 = (np.asarray(rgb, dtype=np.uint16) * 257).astype(np.uint16)
+    rgb16[..., 1] += 100  # low bytes that 8 bits would drop
+    (folder / "rgb16.png").write_bytes(encode_png16(rgb16))
     _exif_rotated_jpeg(folder / "sideways.jpg", examples_dir)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
 
@@ -140,7 +144,7 @@ def test_naf_denoise_round_trips_modes_bit_depths_and_exif(tmp_path, examples_di
     assert f"skipped {folder / 'broken.png'}:" in result.stderr
     written = sorted(p.name for p in folder.glob("*.denoised.*"))
     assert written == ["alpha.denoised.png", "colour.denoised.png", "grey.denoised.png", "grey16.denoised.png",
-                       "sideways.denoised.jpg"]
+                       "rgb16.denoised.png", "sideways.denoised.jpg"]
     assert sorted(result.stdout.split()) == sorted(str(folder / n) for n in written)
 
     expect = {"colour": ("RGB", (37, 29)), "grey": ("L", (37, 29)), "alpha": ("RGBA", (37, 29)), "sideways": ("RGB", (32, 48))}
@@ -153,13 +157,17 @@ def test_naf_denoise_round_trips_modes_bit_depths_and_exif(tmp_path, examples_di
     # 16 bits keep the precision the 8-bit file rounds away
     eight = np.asarray(Image.open(folder / "grey.denoised.png"), dtype=np.float64) / 255
     assert np.abs(np.asarray(sixteen, dtype=np.float64) / 65535 - eight).max() < 3 / 255
+    header = (folder / "rgb16.denoised.png").read_bytes()[:26]
+    assert (header[24], header[25]) == (16, 2)  # 16-bit RGB in, 16-bit RGB out
+    deep = read_image(folder / "rgb16.denoised.png")[0].pixels
+    assert deep.shape == (3, 29, 37) and ((deep * 65535).round() % 257 != 0).any()
     sideways = Image.open(folder / "sideways.denoised.jpg")
     exif = sideways.getexif()
     assert 0x0112 not in exif and exif[0x010F] == "naf-test-camera"
 
     # a rerun keeps what exists and does not take its own outputs as inputs
     again = naf("denoise", str(folder))
-    assert again.returncode == 3 and again.stderr.count("kept ") == 5 and "denoised.denoised" not in again.stderr
+    assert again.returncode == 3 and again.stderr.count("kept ") == 6 and "denoised.denoised" not in again.stderr
     assert naf("denoise", str(folder), "--overwrite", "--glob", "colour.png").returncode == 0
 
 
