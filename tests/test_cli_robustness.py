@@ -231,3 +231,26 @@ def test_a_closed_stdout_ends_quietly():
     stderr = process.stderr.read().decode()
     process.wait(timeout=120)
     assert "BrokenPipe" not in stderr and "Traceback" not in stderr and "error" not in stderr
+
+
+def test_every_default_written_in_an_option_help_is_shown():
+    """Help text is Rich markup: an unescaped ``[default: ...]`` would vanish as an unknown tag."""
+    import re
+
+    import typer.main
+    from typer.testing import CliRunner
+
+    from naf_cli.cli.app import app
+
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, command in group.commands.items():
+        wanted = [re.sub(r"\\\[", "[", p.help) for p in command.params if getattr(p, "help", None) and "[default:" in p.help]
+        if not wanted:
+            continue
+        shown = " ".join(CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "400"}).output.replace("│", " ").split())
+        for text in wanted:
+            default = text[text.index("[default:"):text.index("]", text.index("[default:")) + 1]
+            assert " ".join(default.split()) in shown, (name, default)
+            checked += 1
+    assert checked >= 8

@@ -15,11 +15,11 @@ if TYPE_CHECKING:
 def bench(
     ratio: Annotated[Optional[list[float]], typer.Option("--ratio", help="Upsampling ratios, e.g. --ratio 2 8 16 32 72.")] = None,
     upsampler: Annotated[
-        Optional[list[str]], typer.Option("--upsampler", help="naf, bilinear, nearest, bicubic (several allowed). [default: naf bilinear]"),
+        Optional[list[str]], typer.Option("--upsampler", help="naf, bilinear, nearest, bicubic (several allowed). \\[default: naf bilinear]"),
     ] = None,
     backend: Annotated[
         Optional[list[str]],
-        typer.Option("--backend", help="NAF attention backends: auto, cells, natten, reference, or all. [default: auto]"),
+        typer.Option("--backend", help="NAF attention backends: auto, cells, natten, reference, or all. \\[default: auto]"),
     ] = None,
     channels: Annotated[int, typer.Option("--channels", help="Feature channels.")] = 384,
     lr_size: Annotated[int, typer.Option("--lr-size", help="Side of the low-resolution feature grid.")] = 28,

@@ -25,7 +25,7 @@ def denoise(
         "--max-memory", help="Memory one image may use, e.g. 4G (default: what is available); larger images are "
         "restored in bands of rows (same result).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", help="Images of one size restored together [default: 8 on CUDA, else 1].", show_default=False)] = None,
+        "--batch-size", help="Images of one size restored together \\[default: 8 on CUDA, else 1].", show_default=False)] = None,
     glob: Glob = None,
     files_from: FilesFrom = None,
     strict: Strict = False,

@@ -17,7 +17,7 @@ def eval_(
     vfm: Annotated[str, typer.Option("--vfm", help="Backbone whose features are reconstructed (see `naf models`).")] = "effnet-lite0",
     task: Annotated[str, typer.Option("--task", help="upsample: the feature reconstruction protocol; denoise: PSNR and "
                                       "SSIM under fixed synthetic noise against tuned classical denoisers (docs/quality.md).")] = "upsample",
-    factor: Annotated[Optional[list[int]], typer.Option("--factor", help="Upsampling factors, e.g. --factor 2 4 8. [default: 2 4 8]",
+    factor: Annotated[Optional[list[int]], typer.Option("--factor", help="Upsampling factors, e.g. --factor 2 4 8. \\[default: 2 4 8]",
                                                         show_default=False)] = None,
     checkpoint: Annotated[Optional[list[str]], typer.Option(
         "--checkpoint", help="NAF weights to score beside the default checkpoint: names of `naf models`, files or URLs "

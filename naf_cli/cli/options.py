@@ -20,7 +20,7 @@ VfmWeights = Annotated[
 Layer = Annotated[
     Optional[int],
     typer.Option("--layer", help="Backbone feature layer: a ViT block or a CNN stage (effnet: 3 is stride 16, 4 stride 32); "
-                 "negative counts from the last. [default: the last block; effnet: 3]", show_default=False),
+                 "negative counts from the last. \\[default: the last block; effnet: 3]", show_default=False),
 ]
 BackbonePrecision = Annotated[
     str, typer.Option("--backbone-precision", help="fp32, or bf16 (bfloat16 autocast: for large ViTs on GPUs; features stored as usual)."),
@@ -49,7 +49,7 @@ OutDtype = Annotated[str, typer.Option("--out-dtype", help="Storage type: float1
 Compression = Annotated[str, typer.Option("--compression", help="none, gzip (smaller, slower) or lzf (fast). See docs/format.md.")]
 Workers = Annotated[
     Optional[int],
-    typer.Option("--workers", help="Processes decoding images ahead of the model; 0 decodes inline. [default: cores - 1, at most 4]",
+    typer.Option("--workers", help="Processes decoding images ahead of the model; 0 decodes inline. \\[default: cores - 1, at most 4]",
                  show_default=False),
 ]
 BatchSize = Annotated[

@@ -21,10 +21,10 @@ def pca(
     vfm: Annotated[Optional[str], typer.Option("--vfm", help="With images as inputs: the backbone (see `naf models`).")] = None,
     upsampler: Annotated[
         Optional[list[str]],
-        typer.Option("--upsampler", help="Upsamplers shown beside the low-res map, e.g. --upsampler naf bilinear. [default: naf bilinear with --vfm]"),
+        typer.Option("--upsampler", help="Upsamplers shown beside the low-res map, e.g. --upsampler naf bilinear. \\[default: naf bilinear with --vfm]"),
     ] = None,
     components: Annotated[
-        Optional[list[int]], typer.Option("--components", help="Components shown as red, green, blue (1-based). [default: 1 2 3]"),
+        Optional[list[int]], typer.Option("--components", help="Components shown as red, green, blue (1-based). \\[default: 1 2 3]"),
     ] = None,
     scale: Annotated[float, typer.Option("--scale", help="Upsampling: output = feature grid x scale.")] = 16.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the images and positions the basis is fitted on.")] = 0,

@@ -20,7 +20,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 4,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
     crop: Annotated[Optional[int], typer.Option(
-        help="Square crop side (upsample: inputs come from the crop downscaled) [default: 512; denoise: 64]",
+        help="Square crop side (upsample: inputs come from the crop downscaled) \\[default: 512; denoise: 64]",
         show_default=False)] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 25,
     seed: Annotated[int, typer.Option(help="Seed of the crops and the initialisation.")] = 0,
@@ -29,7 +29,7 @@ def train(
     also_vfm: Annotated[Optional[list[str]], typer.Option(
         "--also-vfm", help="More teacher backbones, taken in turn with --vfm (e.g. --also-vfm effnet-lite1).")] = None,
     factor: Annotated[Optional[list[int]], typer.Option(
-        "--factor", help="Input downscaling factors, taken in turn (e.g. --factor 2 4: the second stage). [default: 2]",
+        "--factor", help="Input downscaling factors, taken in turn (e.g. --factor 2 4: the second stage). \\[default: 2]",
         show_default=False)] = None,
     split: Annotated[Optional[Path], typer.Option(
         "--split", help="JSON with train and validation file lists (e.g. models/photo-split.json): train on the first, "
@@ -39,7 +39,7 @@ def train(
     task: Annotated[str, typer.Option("--task", help="upsample: feature reconstruction; denoise: the restoration "
                                       "variant (kernel 15) on synthetic noise.")] = "upsample",
     noise: Annotated[Optional[list[str]], typer.Option(
-        "--noise", help="--task denoise: noise kinds drawn in turn: gaussian, salt-pepper, mixed. [default: all three]",
+        "--noise", help="--task denoise: noise kinds drawn in turn: gaussian, salt-pepper, mixed. \\[default: all three]",
         show_default=False)] = None,
     device: Device = "auto",
 ) -> None:

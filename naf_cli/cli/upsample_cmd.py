@@ -40,7 +40,7 @@ def upsample(
         "--output-size", help="grid (feature grid x --scale), image (each photo's own size) or HxW (e.g. 448x448).",
     )] = "grid",
     scale: Annotated[Optional[float], typer.Option(
-        "--scale", help="With --output-size grid: output = feature grid x scale (16 = backbone input size for patch 16). [default: 16]",
+        "--scale", help="With --output-size grid: output = feature grid x scale (16 = backbone input size for patch 16). \\[default: 16]",
         show_default=False,
     )] = None,
     checkpoint: Checkpoint = None,
