@@ -1,6 +1,7 @@
 import csv
 
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from naf_cli.checkpoints import load_naf
@@ -95,3 +96,29 @@ def test_train_options_belong_to_their_task(tmp_path, examples_dir):
     result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), "--task", "denoise", "--noise", "speckle"])
     assert result.exit_code == 2 and "unknown noise kind speckle" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_max_minutes_stops_at_a_step_and_chunks_resume_to_the_uninterrupted_result(tmp_path, examples_dir):
+    """GPU leases and sessions are time-limited: a run cut by --max-minutes into one-step chunks
+    ends with the weights of the run that was never cut (the shared step loop, shown on --task denoise)."""
+    args = ["train", str(examples_dir), "--task", "denoise", "--steps", "3", "--batch-size", "2", "--crop", "24",
+            "--checkpoint-every", "10", "--device", "cpu"]
+    straight = runner.invoke(app, [*args, "-o", str(tmp_path / "straight")])
+    assert straight.exit_code == 0, straight.stderr
+    assert straight.stdout.strip() == str(tmp_path / "straight" / "naf.safetensors")
+    chunked = tmp_path / "chunked"
+    for call in range(1, 4):
+        result = runner.invoke(app, [*args, "-o", str(chunked), "--max-minutes", "1e-6"])
+        assert result.exit_code == 0, result.stderr
+        if call < 3:  # stopped after one step: state saved, no final weights, nothing on stdout
+            assert f"stopped at step {call}/3" in result.stderr and "rerun the same command" in result.stderr
+            assert result.stdout == "" and not (chunked / "naf.safetensors").exists()
+        if call > 1:
+            assert f"at step {call - 1}" in result.stderr
+    assert result.stdout.strip() == str(chunked / "naf.safetensors")
+    done = load_file(chunked / "naf.safetensors")
+    for key, value in load_file(tmp_path / "straight" / "naf.safetensors").items():
+        torch.testing.assert_close(done[key], value, rtol=0, atol=1e-6)
+    assert len((chunked / "loss.csv").read_text().splitlines()) == 4  # header and steps 1-3, each once
+    bad = runner.invoke(app, [*args, "-o", str(tmp_path / "bad"), "--max-minutes", "0"])
+    assert bad.exit_code == 2 and "--max-minutes 0 must be positive" in bad.stderr

@@ -36,6 +36,10 @@ def train(
         "validate on the second.")] = None,
     validate_every: Annotated[int, typer.Option(help="Steps between validations with naf eval's protocol (0: never).")] = 0,
     init: Annotated[Optional[Path], typer.Option(help="Start from these NAF weights (a new run only).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        "--max-minutes", help="Stop after this much wall time (at a step, state saved) and resume on the next run: "
+        "for time-limited sessions and GPU leases. The final weights' path is printed once every step is done.",
+        show_default=False)] = None,
     task: Annotated[str, typer.Option("--task", help="upsample: feature reconstruction; denoise: the restoration "
                                       "variant (kernel 15) on synthetic noise.")] = "upsample",
     noise: Annotated[Optional[list[str]], typer.Option(
@@ -52,6 +56,8 @@ def train(
     from naf_cli.errors import OptionError
     from naf_cli.training import TrainConfig
 
+    if max_minutes is not None and max_minutes <= 0:
+        raise OptionError(f"--max-minutes {max_minutes:g} must be positive; fix: e.g. --max-minutes 9")
     if task not in ("upsample", "denoise"):
         raise OptionError(f"--task {task} is not available; fix: use --task upsample or --task denoise")
     if task == "denoise":
@@ -64,9 +70,10 @@ def train(
             batch_size=batch_size, lr=lr, crop=crop or 64, checkpoint_every=checkpoint_every, seed=seed,
             device=resolve_device(device), bf16=bf16, exclude=tuple(exclude or ()),
             split=str(split) if split else None, validate_every=validate_every, init=str(init) if init else None,
+            max_minutes=max_minutes,
         )
         train_denoiser(denoise, log=lambda line: print(line, file=sys.stderr))
-        print(Path(out_dir) / "naf.safetensors")
+        _report(out_dir, steps)
         return
     if noise:
         raise OptionError("--noise is for --task denoise; fix: add --task denoise or leave --noise out")
@@ -78,6 +85,15 @@ def train(
         lr=lr, crop=crop or 512, checkpoint_every=checkpoint_every, seed=seed, device=resolve_device(device),
         bf16=bf16, exclude=tuple(exclude or ()), extra_backbones=tuple(also_vfm or ()), factors=tuple(factor or (2,)),
         split=str(split) if split else None, validate_every=validate_every, init=str(init) if init else None,
+        max_minutes=max_minutes,
     )
     run_training(config, log=lambda line: print(line, file=sys.stderr))
-    print(Path(out_dir) / "naf.safetensors")
+    _report(out_dir, steps)
+
+
+def _report(out_dir: Path, steps: int) -> None:
+    """The final weights' path on stdout once every step is done (a run stopped by --max-minutes prints nothing)."""
+    from naf_cli.training.steps import FINAL_FILE, saved_step
+
+    if saved_step(out_dir) >= steps:
+        print(Path(out_dir) / FINAL_FILE)

@@ -22,7 +22,7 @@ from naf_cli.modeling.restoration import Denoiser
 from naf_cli.training.curve import draw_curves
 from naf_cli.training.data import RandomCrops
 from naf_cli.training.loop import split_names
-from naf_cli.training.steps import BEST_FILE, CURVE_FILE, LOSS_FILE, VALIDATION_FILE, TrainingRun, run_steps
+from naf_cli.training.steps import BEST_FILE, CURVE_FILE, FINAL_FILE, LOSS_FILE, VALIDATION_FILE, TrainingRun, run_steps
 
 VALIDATION_CROP = 96
 LOSS_CURVE_FILE = "loss.png"
@@ -55,6 +55,7 @@ class DenoiseConfig:
     split: str | None = None
     validate_every: int = 0
     init: str | None = None
+    max_minutes: float | None = None
 
 
 class DenoiseValidator:
@@ -150,6 +151,7 @@ def train_denoiser(config: DenoiseConfig, log: Callable[[str], None] = print) ->
             draw_curves(None, out_dir / VALIDATION_FILE, out_dir / CURVE_FILE, "setting", "psnr", "validation PSNR, {}")
             draw_curves(out_dir / LOSS_FILE, None, out_dir / LOSS_CURVE_FILE)
 
-    run_steps(run, config.steps, config.checkpoint_every, take_step, ["noise"], log, validate, config.validate_every)
-    save_denoiser(model, out_dir / "naf.safetensors", metadata())
+    if run_steps(run, config.steps, config.checkpoint_every, take_step, ["noise"], log, validate, config.validate_every,
+                 None if config.max_minutes is None else 60 * config.max_minutes):
+        save_denoiser(model, out_dir / FINAL_FILE, metadata())
     return model.eval()

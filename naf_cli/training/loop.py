@@ -20,7 +20,7 @@ from naf_cli.evaluation.pairs import feature_pair
 from naf_cli.modeling.naf import NAF
 from naf_cli.training.curve import draw_curves
 from naf_cli.training.data import RandomCrops
-from naf_cli.training.steps import BEST_FILE, CURVE_FILE, LOSS_FILE, VALIDATION_FILE, TrainingRun, run_steps
+from naf_cli.training.steps import BEST_FILE, CURVE_FILE, FINAL_FILE, LOSS_FILE, VALIDATION_FILE, TrainingRun, run_steps
 
 
 @dataclass
@@ -58,6 +58,7 @@ class TrainConfig:
     validate_every: int = 0
     validation_factors: tuple[int, ...] = (2, 4)
     init: str | None = None
+    max_minutes: float | None = None
 
 
 def split_names(split: str | None, exclude: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
@@ -155,8 +156,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
             log(f"step {run.step}: validation mean MSE {score:.4f} (best {run.best:.4f})")
             draw_curves(out_dir / LOSS_FILE, out_dir / VALIDATION_FILE, out_dir / CURVE_FILE)
 
-    run_steps(run, config.steps, config.checkpoint_every, take_step, ["teacher", "factor"], log, validate, config.validate_every)
-    save_naf(model, out_dir / "naf.safetensors", _metadata(config, run.step, run.elapsed, teachers, run.best))
+    if run_steps(run, config.steps, config.checkpoint_every, take_step, ["teacher", "factor"], log, validate,
+                 config.validate_every, None if config.max_minutes is None else 60 * config.max_minutes):
+        save_naf(model, out_dir / FINAL_FILE, _metadata(config, run.step, run.elapsed, teachers, run.best))
     return model.eval()
 
 

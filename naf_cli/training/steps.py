@@ -23,6 +23,7 @@ LOSS_FILE = "loss.csv"
 VALIDATION_FILE = "validation.csv"
 BEST_FILE = "best.safetensors"
 CURVE_FILE = "curves.png"
+FINAL_FILE = "naf.safetensors"  # the weights after the last step, written when every step is done
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -30,6 +31,12 @@ def save_state(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def saved_step(out_dir: Path) -> int:
+    """The step of the state saved in ``out_dir`` (0 when there is none)."""
+    path = Path(out_dir) / STATE_FILE
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"]) if path.exists() else 0
 
 
 @dataclass
@@ -73,14 +80,16 @@ class TrainingRun:
 def run_steps(
     run: TrainingRun, steps: int, checkpoint_every: int, take_step: Callable[[int], tuple[float, Sequence[object]]],
     loss_columns: Sequence[str], log: Callable[[str], None],
-    validate: Callable[[], None] | None = None, validate_every: int = 0,
-) -> None:
-    """Take steps until ``run.step == steps``.
+    validate: Callable[[], None] | None = None, validate_every: int = 0, max_seconds: float | None = None,
+) -> bool:
+    """Take steps until ``run.step == steps``, or until ``max_seconds`` of wall time have passed.
 
     ``take_step(step)`` makes one optimiser step and returns (loss, the values of
     ``loss_columns`` for the log). ``validate()`` runs after every ``validate_every`` steps
-    (it updates ``run.best``); the state is saved every ``checkpoint_every`` steps and at the end.
+    (it updates ``run.best``); the state is saved every ``checkpoint_every`` steps and at the
+    end, also when time runs out (a rerun resumes there). Returns whether all steps are done.
     """
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     with open(run.out_dir / LOSS_FILE, "a", newline="") as loss_file:
         writer = csv.writer(loss_file)
         if loss_file.tell() == 0:
@@ -97,3 +106,8 @@ def run_steps(
             if run.step % checkpoint_every == 0 or run.step == steps:
                 run.save()
                 log(f"step {run.step}/{steps}  loss {loss:.5f}  {run.elapsed:.0f}s")
+            if deadline is not None and time.monotonic() >= deadline and run.step < steps:
+                run.save()
+                log(f"stopped at step {run.step}/{steps}: the time limit is reached; rerun the same command to resume")
+                return False
+    return True
