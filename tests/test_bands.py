@@ -43,12 +43,15 @@ def test_encoder_in_bands_equals_encoder(shape, band_rows):
     model = _model()
     image = torch.rand(*shape)
     with torch.no_grad():
-        expected = model.image_encoder.encode(image)
+        expected = [model.image_encoder.encode(image.contiguous(memory_format=f))
+                    for f in (torch.contiguous_format, torch.channels_last)]
         got = encode_in_bands(model.image_encoder, image, band_rows)
         exact = model.double().image_encoder.encode(image.double())
     assert got.is_contiguous(memory_format=torch.channels_last)
-    # as close to the float64 result as the float32 module path is, or closer
-    module_error = float((expected.double() - exact).abs().max())
+    # as close to the float64 result as the float32 module path is, or closer; the module path
+    # in either memory format, since the kernels round differently per format (on AVX-512
+    # oneDNN's channels_last convolutions err about 3 times more than its NCHW ones)
+    module_error = max(float((e.double() - exact).abs().max()) for e in expected)
     assert float((got.double() - exact).abs().max()) <= 2 * module_error + 1e-6
 
 

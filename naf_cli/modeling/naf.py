@@ -163,19 +163,30 @@ class NAF(Upsampler):
             guide = self.image_encoder.prepare(self._normalise(image), (height, width))
             encoder_rows = CPU_BAND_ROWS if guide.device.type == "cpu" else int(guide.shape[-2])
             rows = QueryRows(encode_in_bands(self.image_encoder, guide, encoder_rows), (height, width), self.image_encoder.rope)
-            column_pooled = []
-            for r0, r1 in plan:
-                queries = rows(r0, r1)
-                column_pooled.append(pool_columns(queries, low[1]))
-                if keep:
-                    kept[r0] = queries
-            keys = F.adaptive_avg_pool2d(torch.cat(column_pooled, dim=2), low)
-            del column_pooled
+            same_size = low == (height, width)
+            if same_size:
+                # output size = key size (the restoration variant): pooling is the identity, so the
+                # keys are the query map itself; once it is whole the encoder's output is freed and
+                # each band reads its queries from it
+                keys = torch.empty(features.shape[0], self.image_encoder.rope.dim, height, width, dtype=guide.dtype,
+                                   device=guide.device, memory_format=torch.channels_last)
+                for r0, r1 in plan:
+                    keys[:, :, r0:r1] = rows(r0, r1)
+                rows.encoded = rows.encoded[:, :, :0]  # the encoder's output is not needed again
+            else:
+                column_pooled = []
+                for r0, r1 in plan:
+                    queries = rows(r0, r1)
+                    column_pooled.append(pool_columns(queries, low[1]))
+                    if keep:
+                        kept[r0] = queries
+                keys = F.adaptive_avg_pool2d(torch.cat(column_pooled, dim=2), low)
+                del column_pooled
         if guide.device.type == "cpu":
             release_freed_memory()  # the encoder's bands are gone: their pages must not add to the bands' peak
         for r0, r1 in plan:
             with torch.no_grad():
-                queries = kept.pop(r0) if keep else rows(r0, r1)
+                queries = keys[:, :, r0:r1] if same_size else (kept.pop(r0) if keep else rows(r0, r1))
                 band = backend.attend(
                     queries, keys, features, row0=r0, out_height=height, num_heads=self.num_heads,
                     kernel_size=self.kernel_size, max_chunk_bytes=self.max_chunk_bytes,
