@@ -1,5 +1,6 @@
 import csv
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -7,6 +8,7 @@ from typer.testing import CliRunner
 from naf_cli.checkpoints import load_naf
 from naf_cli.cli.app import app
 from naf_cli.training import TrainConfig, train
+from naf_cli.training.steps import learning_rate
 
 runner = CliRunner()
 
@@ -102,7 +104,7 @@ def test_max_minutes_stops_at_a_step_and_chunks_resume_to_the_uninterrupted_resu
     """GPU leases and sessions are time-limited: a run cut by --max-minutes into one-step chunks
     ends with the weights of the run that was never cut (the shared step loop, shown on --task denoise)."""
     args = ["train", str(examples_dir), "--task", "denoise", "--steps", "3", "--batch-size", "2", "--crop", "24",
-            "--checkpoint-every", "10", "--device", "cpu"]
+            "--checkpoint-every", "10", "--device", "cpu", "--lr-schedule", "cosine"]
     straight = runner.invoke(app, [*args, "-o", str(tmp_path / "straight")])
     assert straight.exit_code == 0, straight.stderr
     assert straight.stdout.strip() == str(tmp_path / "straight" / "naf.safetensors")
@@ -122,3 +124,15 @@ def test_max_minutes_stops_at_a_step_and_chunks_resume_to_the_uninterrupted_resu
     assert len((chunked / "loss.csv").read_text().splitlines()) == 4  # header and steps 1-3, each once
     bad = runner.invoke(app, [*args, "-o", str(tmp_path / "bad"), "--max-minutes", "0"])
     assert bad.exit_code == 2 and "--max-minutes 0 must be positive" in bad.stderr
+    bad = runner.invoke(app, [*args, "-o", str(tmp_path / "bad"), "--lr-schedule", "step"])
+    assert bad.exit_code == 2 and "--lr-schedule step is unknown; fix: use constant or cosine" in bad.stderr
+    # the schedule took effect: the last step ran at the cosine rate, not the constant one
+    state = torch.load(chunked / "train_state.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate("cosine", 2e-4, 2, 3))
+
+
+def test_cosine_schedule_runs_from_lr_to_zero():
+    assert learning_rate("cosine", 1e-3, 0, 100) == 1e-3
+    assert learning_rate("cosine", 1e-3, 50, 100) == pytest.approx(5e-4)
+    assert learning_rate("cosine", 1e-3, 100, 100) == pytest.approx(0, abs=1e-12)
+    assert learning_rate("constant", 1e-3, 77, 100) == 1e-3

@@ -36,6 +36,9 @@ def train(
         "validate on the second.")] = None,
     validate_every: Annotated[int, typer.Option(help="Steps between validations with naf eval's protocol (0: never).")] = 0,
     init: Annotated[Optional[Path], typer.Option(help="Start from these NAF weights (a new run only).")] = None,
+    lr_schedule: Annotated[str, typer.Option(
+        "--lr-schedule", help="constant, or cosine: from --lr down to 0 at the last step (a function of the step, "
+        "so resuming is exact).")] = "constant",
     max_minutes: Annotated[Optional[float], typer.Option(
         "--max-minutes", help="Stop after this much wall time (at a step, state saved) and resume on the next run: "
         "for time-limited sessions and GPU leases. The final weights' path is printed once every step is done.",
@@ -58,6 +61,10 @@ def train(
 
     if max_minutes is not None and max_minutes <= 0:
         raise OptionError(f"--max-minutes {max_minutes:g} must be positive; fix: e.g. --max-minutes 9")
+    from naf_cli.training.steps import LR_SCHEDULES
+
+    if lr_schedule not in LR_SCHEDULES:
+        raise OptionError(f"--lr-schedule {lr_schedule} is unknown; fix: use {' or '.join(LR_SCHEDULES)}")
     if task not in ("upsample", "denoise"):
         raise OptionError(f"--task {task} is not available; fix: use --task upsample or --task denoise")
     if task == "denoise":
@@ -70,7 +77,7 @@ def train(
             batch_size=batch_size, lr=lr, crop=crop or 64, checkpoint_every=checkpoint_every, seed=seed,
             device=resolve_device(device), bf16=bf16, exclude=tuple(exclude or ()),
             split=str(split) if split else None, validate_every=validate_every, init=str(init) if init else None,
-            max_minutes=max_minutes,
+            max_minutes=max_minutes, lr_schedule=lr_schedule,
         )
         train_denoiser(denoise, log=lambda line: print(line, file=sys.stderr))
         _report(out_dir, steps)
@@ -85,7 +92,7 @@ def train(
         lr=lr, crop=crop or 512, checkpoint_every=checkpoint_every, seed=seed, device=resolve_device(device),
         bf16=bf16, exclude=tuple(exclude or ()), extra_backbones=tuple(also_vfm or ()), factors=tuple(factor or (2,)),
         split=str(split) if split else None, validate_every=validate_every, init=str(init) if init else None,
-        max_minutes=max_minutes,
+        max_minutes=max_minutes, lr_schedule=lr_schedule,
     )
     run_training(config, log=lambda line: print(line, file=sys.stderr))
     _report(out_dir, steps)

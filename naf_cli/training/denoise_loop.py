@@ -56,6 +56,7 @@ class DenoiseConfig:
     validate_every: int = 0
     init: str | None = None
     max_minutes: float | None = None
+    lr_schedule: str = "constant"
 
 
 class DenoiseValidator:
@@ -152,6 +153,6 @@ def train_denoiser(config: DenoiseConfig, log: Callable[[str], None] = print) ->
             draw_curves(out_dir / LOSS_FILE, None, out_dir / LOSS_CURVE_FILE)
 
     if run_steps(run, config.steps, config.checkpoint_every, take_step, ["noise"], log, validate, config.validate_every,
-                 None if config.max_minutes is None else 60 * config.max_minutes):
+                 None if config.max_minutes is None else 60 * config.max_minutes, config.lr, config.lr_schedule):
         save_denoiser(model, out_dir / FINAL_FILE, metadata())
     return model.eval()

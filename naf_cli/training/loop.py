@@ -59,6 +59,7 @@ class TrainConfig:
     validation_factors: tuple[int, ...] = (2, 4)
     init: str | None = None
     max_minutes: float | None = None
+    lr_schedule: str = "constant"
 
 
 def split_names(split: str | None, exclude: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
@@ -157,7 +158,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
             draw_curves(out_dir / LOSS_FILE, out_dir / VALIDATION_FILE, out_dir / CURVE_FILE)
 
     if run_steps(run, config.steps, config.checkpoint_every, take_step, ["teacher", "factor"], log, validate,
-                 config.validate_every, None if config.max_minutes is None else 60 * config.max_minutes):
+                 config.validate_every, None if config.max_minutes is None else 60 * config.max_minutes, config.lr, config.lr_schedule):
         save_naf(model, out_dir / FINAL_FILE, _metadata(config, run.step, run.elapsed, teachers, run.best))
     return model.eval()
 

@@ -9,6 +9,7 @@ torch's RNG, step, step time, best score) so that a resumed run continues the sa
 from __future__ import annotations
 
 import csv
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,19 @@ VALIDATION_FILE = "validation.csv"
 BEST_FILE = "best.safetensors"
 CURVE_FILE = "curves.png"
 FINAL_FILE = "naf.safetensors"  # the weights after the last step, written when every step is done
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(schedule: str, lr: float, step: int, steps: int) -> float:
+    """The rate of step ``step`` (0-based) of ``steps``: ``lr`` throughout, or cosine from ``lr`` to 0.
+
+    A function of the step alone, so a resumed run takes the rates of an uninterrupted one.
+    """
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
+    return lr
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -81,13 +95,15 @@ def run_steps(
     run: TrainingRun, steps: int, checkpoint_every: int, take_step: Callable[[int], tuple[float, Sequence[object]]],
     loss_columns: Sequence[str], log: Callable[[str], None],
     validate: Callable[[], None] | None = None, validate_every: int = 0, max_seconds: float | None = None,
+    lr: float | None = None, lr_schedule: str = "constant",
 ) -> bool:
     """Take steps until ``run.step == steps``, or until ``max_seconds`` of wall time have passed.
 
     ``take_step(step)`` makes one optimiser step and returns (loss, the values of
     ``loss_columns`` for the log). ``validate()`` runs after every ``validate_every`` steps
     (it updates ``run.best``); the state is saved every ``checkpoint_every`` steps and at the
-    end, also when time runs out (a rerun resumes there). Returns whether all steps are done.
+    end, also when time runs out (a rerun resumes there). With ``lr``, each step's rate is
+    ``learning_rate(lr_schedule, lr, step, steps)``. Returns whether all steps are done.
     """
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     with open(run.out_dir / LOSS_FILE, "a", newline="") as loss_file:
@@ -96,6 +112,9 @@ def run_steps(
             writer.writerow(["step", "loss", "elapsed_s", *loss_columns])
         while run.step < steps:
             started = time.perf_counter()
+            if lr is not None:
+                for group in run.optimizer.param_groups:
+                    group["lr"] = learning_rate(lr_schedule, lr, run.step, steps)
             loss, columns = take_step(run.step)
             run.step += 1
             run.elapsed += time.perf_counter() - started
