@@ -93,7 +93,7 @@ def test_naf_eval_bilinear_row_matches_an_independent_computation(two_photos):
 
 
 def test_naf_eval_refuses_what_it_cannot_do(two_photos):
-    for args, message in ((["--factor", "3"], "not part of the protocol"), (["--task", "denoise"], "not available"),
+    for args, message in ((["--factor", "3"], "not part of the protocol"), (["--task", "restore"], "not available"),
                           (["--split", "test"], "use all, train or validation")):
         result = naf("eval", str(two_photos), *args, "--device", "cpu")
         assert result.returncode == 2 and message in result.stderr and "fix:" in result.stderr

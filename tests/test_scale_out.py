@@ -161,7 +161,9 @@ def test_a_killed_rank_resumes_with_another_n(photos, single, tmp_path):
     assert "Signals.SIGKILL" in killed.stderr or "SIGKILL" in killed.stderr, killed.stderr[-3000:]
     with h5py.File(out, "r") as f:  # what was published opens in plain h5py, each image complete
         done = dataset_names(f["features"])
-        assert not f.attrs["complete"] and 1 <= len(done) < 6
+        # rank 0 may publish all of its images before torchrun stops it (a loaded machine):
+        # the output is then still incomplete, rank 1's part unfinished
+        assert not f.attrs["complete"] and 1 <= len(done) <= 6
     expected = contents(single)
     assert all(contents(out)[name] == expected[name] for name in done)
     resumed = torchrun("--standalone", "--nproc-per-node", "3", *args)
