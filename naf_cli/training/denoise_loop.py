@@ -22,14 +22,23 @@ from naf_cli.modeling.restoration import Denoiser
 from naf_cli.training.curve import draw_curves
 from naf_cli.training.data import RandomCrops
 from naf_cli.training.loop import split_names
-from naf_cli.training.steps import BEST_FILE, CURVE_FILE, FINAL_FILE, LOSS_FILE, VALIDATION_FILE, TrainingRun, run_steps
+from naf_cli.training.steps import (
+    BEST_FILE,
+    CURVE_FILE,
+    FINAL_FILE,
+    LOSS_FILE,
+    VALIDATION_FILE,
+    RunSettings,
+    TrainingRun,
+    run_steps,
+)
 
 VALIDATION_CROP = 96
 LOSS_CURVE_FILE = "loss.png"
 
 
 @dataclass
-class DenoiseConfig:
+class DenoiseConfig(RunSettings):
     """One restoration training run; the keys are what ``naf train --task denoise`` takes.
 
     Each step draws ``batch_size`` clean crops of ``crop`` pixels and noises each with a
@@ -40,23 +49,10 @@ class DenoiseConfig:
     is kept as ``best.safetensors``.
     """
 
-    images: str
-    out_dir: str
     kinds: tuple[str, ...] = KINDS
     steps: int = 2000
     batch_size: int = 8
-    lr: float = 2e-4
     crop: int = 64
-    checkpoint_every: int = 25
-    seed: int = 0
-    device: str = "cpu"
-    bf16: bool = False
-    exclude: tuple[str, ...] = ()
-    split: str | None = None
-    validate_every: int = 0
-    init: str | None = None
-    max_minutes: float | None = None
-    lr_schedule: str = "constant"
 
 
 class DenoiseValidator:

@@ -20,11 +20,20 @@ from naf_cli.evaluation.pairs import feature_pair
 from naf_cli.modeling.naf import NAF
 from naf_cli.training.curve import draw_curves
 from naf_cli.training.data import RandomCrops
-from naf_cli.training.steps import BEST_FILE, CURVE_FILE, FINAL_FILE, LOSS_FILE, VALIDATION_FILE, TrainingRun, run_steps
+from naf_cli.training.steps import (
+    BEST_FILE,
+    CURVE_FILE,
+    FINAL_FILE,
+    LOSS_FILE,
+    VALIDATION_FILE,
+    RunSettings,
+    TrainingRun,
+    run_steps,
+)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunSettings):
     """One training run; the keys are exactly what ``naf train`` takes.
 
     Each step draws ``batch_size`` crops of ``crop`` pixels; step ``s`` uses teacher
@@ -39,27 +48,11 @@ class TrainConfig:
     the lowest mean MSE is kept as ``best.safetensors``. ``init`` starts from a checkpoint.
     """
 
-    images: str
-    out_dir: str
     backbone: str = "effnet-lite0"
     backbone_weights: str | None = None
     extra_backbones: tuple[str, ...] = ()
     factors: tuple[int, ...] = (2,)
-    steps: int = 600
-    batch_size: int = 4
-    lr: float = 2e-4
-    crop: int = 512
-    checkpoint_every: int = 25
-    seed: int = 0
-    device: str = "cpu"
-    bf16: bool = False
-    exclude: tuple[str, ...] = ()
-    split: str | None = None
-    validate_every: int = 0
     validation_factors: tuple[int, ...] = (2, 4)
-    init: str | None = None
-    max_minutes: float | None = None
-    lr_schedule: str = "constant"
 
 
 def split_names(split: str | None, exclude: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:

@@ -30,6 +30,35 @@ FINAL_FILE = "naf.safetensors"  # the weights after the last step, written when 
 LR_SCHEDULES = ("constant", "cosine")
 
 
+@dataclass
+class RunSettings:
+    """What every training run takes, whatever the task (``naf train``'s common options).
+
+    ``images`` (a folder) minus ``exclude`` and, with ``split`` (a JSON file with ``train``
+    and ``validation`` lists), minus the validation photos, scored every ``validate_every``
+    steps; ``crop`` pixels square, ``batch_size`` per step; AdamW at ``lr`` under
+    ``lr_schedule``; ``bf16`` autocast; state every ``checkpoint_every`` steps in
+    ``out_dir``; ``init`` starts a new run from weights; ``max_minutes`` ends a call early.
+    """
+
+    images: str
+    out_dir: str
+    steps: int = 600
+    batch_size: int = 4
+    lr: float = 2e-4
+    crop: int = 512
+    checkpoint_every: int = 25
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = False
+    exclude: tuple[str, ...] = ()
+    split: str | None = None
+    validate_every: int = 0
+    init: str | None = None
+    max_minutes: float | None = None
+    lr_schedule: str = "constant"
+
+
 def learning_rate(schedule: str, lr: float, step: int, steps: int) -> float:
     """The rate of step ``step`` (0-based) of ``steps``: ``lr`` throughout, or cosine from ``lr`` to 0.
 
