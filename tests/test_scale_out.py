@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -168,7 +169,9 @@ def test_a_killed_rank_resumes_with_another_n(photos, single, tmp_path):
     assert all(contents(out)[name] == expected[name] for name in done)
     resumed = torchrun("--standalone", "--nproc-per-node", "3", *args)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(done)} image(s) already done are not redone" in resumed.stderr
+    # the index may lag the shards (parts rewrite it at a limited rate), and resuming reads the shards
+    found = re.search(r"(\d+) image\(s\) already done are not redone", resumed.stderr)
+    assert found and len(done) <= int(found.group(1)) <= 6, resumed.stderr[-2000:]
     assert_complete_and_equal(out, single, parts=3)
     state = sorted(p.name for p in out.with_name("k.h5.shards").glob("part-*.json"))
     assert state == ["part-0of3.json", "part-1of3.json", "part-2of3.json"]  # the N=2 run's state is gone
