@@ -51,9 +51,10 @@ def axis_blocks(n: int, row0: int, count: int, kernel_size: int, block: int = BL
 
 @lru_cache(maxsize=64)
 def block_indices(
-    height: int, width: int, row0: int, count: int, kernel_size: int,
+    height: int, width: int, row0: int, count: int, kernel_size: int, device: torch.device,
 ) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flat indices of the blocks of rows ``[row0, row0 + count)`` of a ``height x width`` map.
+    """Flat indices of the blocks of rows ``[row0, row0 + count)`` of a ``height x width`` map,
+    on ``device`` (cached per device: no copy to the GPU per chunk).
 
     Returns ``(key_top, key_bottom, queries, keys, picks, mask)``:
     - the key rows ``[key_top, key_bottom)`` the blocks' regions cover;
@@ -74,7 +75,8 @@ def block_indices(
     block = row_block[:, None] * nbx + col_block[None, :]
     picks = (block * (a * c) + row_slot[:, None] * c + col_slot[None, :]).reshape(-1)
     mask = row_allowed[:, None, :, None, :, None] & col_allowed[None, :, None, :, None, :]
-    return key_top, key_bottom, queries, keys, picks, mask.reshape(nby, nbx, a * c, -1)
+    mask = mask.reshape(nby, nbx, a * c, -1)
+    return key_top, key_bottom, queries.to(device), keys.to(device), picks.to(device), mask.to(device)
 
 
 def _heads_major(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -121,8 +123,8 @@ class BlocksBackend:
         pieces = []
         for start in range(0, n_rows, step):
             count = min(step, n_rows - start)
-            key_top, key_bottom, *indices = block_indices(height, width, row0 + start, count, kernel_size)
-            q_index, kv_index, picks, mask = (t.to(query.device) for t in indices)
+            key_top, key_bottom, q_index, kv_index, picks, mask = block_indices(
+                height, width, row0 + start, count, kernel_size, query.device)
             nby, nbx = mask.shape[:2]
             # [B, heads, nby, nbx, a * c or L, D / heads]
             q = _heads_major(query[:, :, start:start + count], num_heads).index_select(2, q_index)
