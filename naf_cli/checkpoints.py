@@ -45,8 +45,8 @@ class CheckpointEntry:
 
 
 CHECKPOINTS: dict[str, CheckpointEntry] = {entry.name: entry for entry in (
-    CheckpointEntry("effnet-lite0-lite1", "the default: effnet-lite0 weights fine-tuned here on lite0 and lite1 features "
-                    "at x2 and x4 (second stage, CPU)", file=DEFAULT_CHECKPOINT, card="naf-effnet-lite0-lite1.md"),
+    CheckpointEntry("effnet-lite0-lite1", "the default: trained here from scratch on lite0 and lite1 features at x2 "
+                    "and x4 (second stage, 8000 CPU steps, training photos only)", file=DEFAULT_CHECKPOINT, card="naf-effnet-lite0-lite1.md"),
     CheckpointEntry("effnet-lite0", "trained here at x2 only on effnet-lite0 features (CPU, 1200 steps): best at x2",
                     file="naf-effnet-lite0.safetensors", card="naf-effnet-lite0.md"),
     CheckpointEntry("release", "the official NAF weights (valeoai/NAF), fetched on first use into the torch hub cache",

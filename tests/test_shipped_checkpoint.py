@@ -30,9 +30,9 @@ def test_every_shipped_checkpoint_loads_and_says_how_it_was_trained(name):
 
 @pytest.mark.parametrize("photo", ["chelsea.jpg", "coffee.jpg"])  # validation photos of models/photo-split.json
 def test_default_checkpoint_beats_jbu_jbf_and_bilinear_at_x2(examples_dir, photo):
-    """naf eval's protocol at x2 (docs/quality.md), on photos the default checkpoint and its
-    initialisation never trained on: MSE and edge MSE at least 5% below JBU and JBF (tuned
-    sigmas), and below bilinear."""
+    """naf eval's protocol at x2 (docs/quality.md), on validation photos (the default
+    checkpoint trained from scratch on the training photos only): MSE and edge MSE at least
+    5% below JBU and JBF (tuned sigmas), and below bilinear."""
     from naf_cli.evaluation.protocol import Method, evaluate
     from naf_cli.upsamplers import load_upsampler
 
