@@ -242,6 +242,10 @@ def test_a_few_denoise_training_steps_lower_the_loss(tmp_path, examples_dir):
         assert restoration_loss(model(noisy), crops) < restoration_loss(start(noisy), crops)
     saved = load_denoiser(tmp_path / "run" / "naf.safetensors")
     assert saved.naf.kernel_size == 15
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run" / "naf.safetensors"), "pt") as handle:
+        assert handle.metadata()["validation_best_psnr"] == "-inf"  # never validated: no best score yet
     torch.testing.assert_close(saved(noisy), model(noisy).detach())
 
 

@@ -158,4 +158,4 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
 
 def _metadata(config: TrainConfig, step: int, elapsed: float, teachers: list[Backbone], best: float) -> dict[str, str]:
     return {"config": json.dumps(asdict(config)), "steps": str(step), "elapsed_s": f"{elapsed:.0f}",
-            "backbone": ",".join(t.info.name for t in teachers), "validation_mean_mse": f"{best:.5f}"}
+            "backbone": ",".join(t.info.name for t in teachers), "validation_best_mse": f"{best:.5f}"}
