@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-TRAINING_FREE = ("nearest", "bilinear", "bicubic", "jbu", "jbf", "naf (untrained)")
+from naf_cli.evaluation.protocol import TRAINING_FREE, UNTRAINED_LABEL
+
 LOWER_IS_BETTER = ("mse", "edge_mse")
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     margins = []
     for f in factors:
         for key in LOWER_IS_BETTER:
-            rival = min(TRAINING_FREE, key=lambda m: by[(m, f)][key])
+            rival = min((*TRAINING_FREE, UNTRAINED_LABEL), key=lambda m: by[(m, f)][key])
             ours, theirs = by[(focus, f)][key], by[(rival, f)][key]
             margins.append(f"x{f} {key}: {100 * (ours / theirs - 1):+.1f}% against {rival}")
     print(f"\n{focus} against the best training-free method: " + "; ".join(margins))

@@ -107,11 +107,11 @@ def select_photos(folder: Path, split: str) -> list[Path]:
 def evaluation_methods(checkpoints: list[str], device: str) -> list:
     """nearest, bilinear, bicubic, jbu, jbf (the registry's), the untrained NAF, the default
     checkpoint and each given one."""
-    from naf_cli.evaluation.protocol import Method, untrained_naf
+    from naf_cli.evaluation.protocol import TRAINING_FREE, UNTRAINED_LABEL, Method, untrained_naf
     from naf_cli.upsamplers import load_upsampler
 
-    methods = [Method(name, load_upsampler(name, device=device)[0]) for name in ("nearest", "bilinear", "bicubic", "jbu", "jbf")]
-    methods.append(Method("naf (untrained)", untrained_naf().to(device)))
+    methods = [Method(name, load_upsampler(name, device=device)[0]) for name in TRAINING_FREE]
+    methods.append(Method(UNTRAINED_LABEL, untrained_naf().to(device)))
     methods.append(Method("naf (default)", load_upsampler("naf", device=device)[0]))
     for checkpoint in checkpoints:
         label = Path(checkpoint).name if Path(checkpoint).is_file() else checkpoint

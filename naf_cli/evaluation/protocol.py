@@ -20,6 +20,9 @@ from naf_cli.modeling import Upsampler
 METRICS = ("mse", "edge_mse", "cosine", "edge_cosine")
 # the untrained NAF is this seed's initialisation
 UNTRAINED_SEED = 0
+# the rows every NAF checkpoint must beat: the registry's training-free upsamplers and the untrained NAF
+TRAINING_FREE = ("nearest", "bilinear", "bicubic", "jbu", "jbf")
+UNTRAINED_LABEL = "naf (untrained)"
 
 
 @dataclass(frozen=True)
