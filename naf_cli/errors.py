@@ -49,3 +49,9 @@ class RunError(NafError):
     """A run that failed after work started (disk full, ``--strict`` stop)."""
 
     exit_code = 1
+
+
+class DamagedOutput(NafError):
+    """An output that holds unreadable or foreign data, or is not complete (``naf info``, ``naf verify``)."""
+
+    exit_code = 1

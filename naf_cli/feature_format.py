@@ -2,26 +2,51 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
 FEATURES_GROUP = "features"
-FORMAT_VERSION = 2
+# 3: a run id and settings fingerprint bound into every shard and its name, fletcher32 checksums,
+# the lock file, damaged.json. Readers still read version 2.
+FORMAT_VERSION = 3
 
 
 def list_datasets(group: h5py.Group, prefix: str = "") -> list[str]:
-    """Names of every dataset under ``group``, following links (``visititems`` does not)."""
-    names: list[str] = []
+    """Names of every dataset under ``group``, following links (``visititems`` does not); links
+    that cannot be followed are left out (``list_entries`` names them)."""
+    return [name for name, problem in list_entries(group, prefix) if not problem]
+
+
+def list_entries(group: h5py.Group, prefix: str = "") -> list[tuple[str, str]]:
+    """(name, problem) for every dataset under ``group`` and every external link that should
+    lead to one: ``problem`` is "" for a readable dataset, else why the link cannot be followed.
+
+    An external link's target is looked for beside the file holding the link only: HDF5
+    itself falls back to the working folder, where another run's file may sit under that name.
+    """
+    entries: list[tuple[str, str]] = []
+    folder = Path(group.file.filename).parent
     for key in group:
-        node = group.get(key)
         name = f"{prefix}{key}"
+        link = group.get(key, getlink=True)
+        if isinstance(link, h5py.ExternalLink) and not (folder / link.filename).is_file():
+            entries.append((name, f"its file {folder / link.filename} is missing"))
+            continue
+        try:
+            node = group.get(key)
+        except (OSError, KeyError, ValueError) as err:
+            entries.append((name, f"cannot be opened ({str(err).splitlines()[0] if str(err) else type(err).__name__})"))
+            continue
         if isinstance(node, h5py.Dataset):
-            names.append(name)
+            entries.append((name, ""))
         elif isinstance(node, h5py.Group):
-            names.extend(list_datasets(node, name + "/"))
-    return names
+            entries.extend(list_entries(node, name + "/"))
+        elif isinstance(link, h5py.ExternalLink):
+            entries.append((name, f"cannot be opened in {folder / link.filename}"))
+    return entries
 
 
 def plain_attr(value: Any) -> Any:

@@ -16,9 +16,15 @@ import h5py
 import numpy as np
 
 from naf_cli.errors import NafError
-from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, list_datasets, plain_attr
+from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, list_entries, plain_attr
 
 FIX = "fix: pass an .h5 file written by naf extract or naf upsample (docs/format.md)"
+UNREADABLE_FIX = ("fix: keep the file and its .shards folder together, or rerun the command that wrote it (it redoes "
+                  "missing images); naf info lists every problem")
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 class FeatureFile(Mapping[str, np.ndarray]):
@@ -44,7 +50,10 @@ class FeatureFile(Mapping[str, np.ndarray]):
         group = handle.get(FEATURES_GROUP)
         if not isinstance(group, h5py.Group):
             raise NafError(f"{self.path} has no /{FEATURES_GROUP} group; {FIX}")
-        self.names = list_datasets(group)
+        entries = list_entries(group)
+        self.names = [name for name, _ in entries]
+        # images whose link cannot be followed: listed, and reading one is an error that names it
+        self.unreadable = {name: problem for name, problem in entries if problem}
         self._name_set = frozenset(self.names)
         self.attrs = {key: plain_attr(value) for key, value in handle.attrs.items()}
 
@@ -56,17 +65,29 @@ class FeatureFile(Mapping[str, np.ndarray]):
         return self._file
 
     def dataset(self, name: str) -> h5py.Dataset:
-        """The h5py dataset of ``name``: slice it to read a tile or a channel range only."""
+        """The h5py dataset of ``name``: slice it to read a tile or a channel range only.
+
+        An image whose link cannot be followed (a missing or damaged shard) is a NafError
+        naming it; a name the file does not list is a KeyError."""
+        if name in self.unreadable:
+            raise NafError(f"image {name} of {self.path} cannot be read: {self.unreadable[name]}; {UNREADABLE_FIX}")
+        if name not in self._name_set:
+            raise KeyError(name)
         try:
             node = self._handle()[FEATURES_GROUP][name]
-        except KeyError:
-            raise KeyError(name) from None
+        except (KeyError, OSError) as err:
+            raise NafError(f"image {name} of {self.path} cannot be read ({_first_line(err)}); {UNREADABLE_FIX}") from err
         if not isinstance(node, h5py.Dataset):
             raise KeyError(name)
         return node
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.dataset(name)[()]
+        dataset = self.dataset(name)
+        try:
+            return dataset[()]
+        except OSError as err:  # a chunk whose checksum fails, or a shard truncated on disk
+            raise NafError(f"image {name} of {self.path} is damaged ({_first_line(err)}); fix: run naf verify "
+                           f"{self.path}, then rerun the command that wrote it to redo the damaged images") from err
 
     def image_attrs(self, name: str) -> dict[str, Any]:
         return {key: plain_attr(value) for key, value in self.dataset(name).attrs.items()}

@@ -36,7 +36,9 @@ def naf_file(tmp_path_factory, examples_dir):
 
 
 def test_main_job_writes_self_describing_hdf5(naf_file, examples_dir):
-    assert not naf_file.with_name("f.h5.partial").exists()
+    shards = naf_file.with_name("f.h5.shards")
+    assert not list(shards.glob("*.partial")) and list(shards.glob("shard-*.h5"))  # every shard published
+    assert not naf_file.with_name("f.h5.lock").exists()  # the finished run gave its lock back
     with h5py.File(naf_file, "r") as f:
         assert f.attrs["backbone"] == "effnet-lite0"
         assert f.attrs["upsampler"] == "naf"
@@ -74,7 +76,7 @@ def test_bilinear_matches_interpolated_backbone_features(tmp_path, examples_dir)
 
 
 def test_rerun_resumes_and_foreign_outputs_are_not_overwritten(naf_file, examples_dir, tmp_path):
-    shard = naf_file.with_name("f.h5.shards") / "shard-000000.h5"
+    shard = sorted(naf_file.with_name("f.h5.shards").glob("shard-*.h5"))[0]
     before = shard.read_bytes()
     result = runner.invoke(app, ["upsample", str(examples_dir), "-o", str(naf_file), "--device", "cpu"])
     assert result.exit_code == 0 and "wrote 0 image(s)" in result.stdout and "4 done by an earlier run" in result.stdout
@@ -175,4 +177,4 @@ def test_backbone_width_not_divisible_by_heads_fails_before_any_output(tmp_path,
     out = tmp_path / "o.h5"
     with pytest.raises(ShapeError, match="198 channels"):
         upsample_folder(examples_dir, out, Backbone(info, vit, final_norm=True), load_naf(), UpsamplerInfo("naf"), 16)
-    assert not out.exists() and not out.with_name("o.h5.partial").exists()
+    assert list(tmp_path.iterdir()) == []  # no index, shard folder or lock file

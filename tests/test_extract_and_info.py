@@ -52,7 +52,8 @@ def test_info_summarises_the_file(extracted):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["complete"] is True
-    assert summary["images"] == {"done": 4, "skipped": 0, "pending": 0, "total": 4}
+    assert summary["images"] == {"done": 4, "unreadable": 0, "skipped": 0, "pending": 0, "total": 4}
+    assert summary["problems"] == [] and all(d["checksums"] for d in summary["datasets"])
     assert summary["backbone"]["backbone"] == "effnet-lite0" and summary["backbone"]["channels"] == 112
     assert summary["run"]["kind"] == "extract" and summary["run"]["command"].startswith("naf extract")
     assert summary["shapes"]["channels"] == [112] and summary["shapes"]["dtypes"] == ["float16"]
@@ -74,7 +75,7 @@ def test_info_names_skipped_inputs_and_refuses_non_hdf5(tmp_path, examples_dir):
     out = tmp_path / "o.h5"
     assert subprocess.run([*NAF, "extract", str(folder), "-o", str(out)], capture_output=True, timeout=600).returncode == 3
     summary = json.loads(subprocess.run([*NAF, "info", str(out), "--json"], capture_output=True, text=True, timeout=120).stdout)
-    assert summary["images"] == {"done": 1, "skipped": 1, "pending": 0, "total": 2}
+    assert summary["images"] == {"done": 1, "unreadable": 0, "skipped": 1, "pending": 0, "total": 2}
     assert summary["skipped"][0]["image"] == "bad.png" and "not an image format" in summary["skipped"][0]["reason"]
     result = subprocess.run([*NAF, "info", str(folder / "ok.jpg")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "is not an HDF5 file" in result.stderr

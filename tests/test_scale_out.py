@@ -151,7 +151,8 @@ def test_three_shard_runs_at_once_into_one_output(photos, single, tmp_path):
     assert sum("is complete: all 3 parts finished" in stdout for stdout, _ in outputs) >= 1
     assert_complete_and_equal(out, single, parts=3)
     shards = sorted(p.name for p in out.with_name("shared.h5.shards").glob("shard-*.h5"))
-    assert {name.split("-")[1] for name in shards} == {"0of3", "1of3", "2of3"}
+    assert {name.split("-")[2] for name in shards} == {"0of3", "1of3", "2of3"}
+    assert len({name.split("-")[1] for name in shards}) == 1  # one run id: parts adopt the first part's
 
 
 def test_a_killed_rank_resumes_with_another_n(photos, single, tmp_path):

@@ -27,6 +27,7 @@ from naf_cli.cli.merge_cmd import merge
 from naf_cli.cli.pca_cmd import pca
 from naf_cli.cli.train_cmd import train
 from naf_cli.cli.upsample_cmd import upsample
+from naf_cli.cli.verify_cmd import verify
 
 
 def _cli_exceptions() -> tuple[type[BaseException], ...]:
@@ -147,6 +148,7 @@ app.command()(extract)
 app.command()(upsample)
 app.command()(denoise)
 app.command()(info)
+app.command()(verify)
 app.command()(merge)
 app.command("eval")(eval_)
 app.command()(train)

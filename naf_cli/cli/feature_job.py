@@ -13,6 +13,7 @@ from naf_cli.cli.errors import EXIT_OK, EXIT_SKIPPED
 from naf_cli.errors import OptionError
 
 if TYPE_CHECKING:
+    from naf_cli.backbones import BackboneSpec
     from naf_cli.pipeline import HDF5FeatureSink, ImageSource, OutputSize
     from naf_cli.pipeline.distributed import TorchrunRank
     from naf_cli.pipeline.partition import Partition
@@ -92,15 +93,11 @@ def command_line() -> str:
 
 def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     """Run extract (``upsample`` None) or upsample; returns the exit code (0, or 3 with skipped inputs)."""
-    import shutil
-
-    from naf_cli.backbones import get_spec, load_backbone
-    from naf_cli.cli.options import resolve_device
-    from naf_cli.pipeline import ExtractAndUpsample, ExtractFeatures, HDF5FeatureSink, ImageSource, OutputSize, UpsampleFeatures
-    from naf_cli.pipeline.distributed import rank_device
-    from naf_cli.pipeline.memory import available_bytes, gib, parse_bytes
+    from naf_cli.backbones import get_spec
+    from naf_cli.pipeline import HDF5FeatureSink, OutputSize
+    from naf_cli.pipeline.memory import parse_bytes
     from naf_cli.pipeline.sizes import check_positive
-    from naf_cli.upsamplers import get_factory, load_upsampler
+    from naf_cli.upsamplers import get_factory
 
     # 1. options and paths: nothing loaded, nothing written
     split = Split.of(options)
@@ -111,6 +108,25 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     if upsample is not None:
         get_factory(upsample.upsampler)
     sink = HDF5FeatureSink(options.output, options.overwrite, options.out_dtype, options.compression, options.shard_images)
+    if split.rank is None:
+        sink.claim(split.partition)  # another live run on this output is refused before anything loads (torchrun: at the start check)
+    try:
+        return _build_and_run(options, upsample, split, sink, spec, rule, limit)
+    finally:
+        sink.release()
+
+
+def _build_and_run(options: JobOptions, upsample: UpsampleOptions | None, split: Split, sink: HDF5FeatureSink,
+                   spec: BackboneSpec, rule: OutputSize | None, limit: int | None) -> int:
+    import shutil
+
+    from naf_cli.backbones import load_backbone
+    from naf_cli.cli.options import resolve_device
+    from naf_cli.pipeline import ExtractAndUpsample, ExtractFeatures, ImageSource, UpsampleFeatures
+    from naf_cli.pipeline.distributed import rank_device
+    from naf_cli.pipeline.memory import available_bytes, gib
+    from naf_cli.upsamplers import load_upsampler
+
     device = resolve_device(rank_device(options.device, split.rank) if split.rank else options.device)
     stored_path = feature_file_input(options.inputs)
     if stored_path is not None:
@@ -225,7 +241,7 @@ def _start_ranks(rank: TorchrunRank, source: ImageSource, transform: Transform, 
     agreed = {"settings": sink.settings(run_settings(transform, options.batch_size)),
               "inputs": {"count": len(source), "sha256": inputs_digest(item.name for item in source)}}
     start_together(rank, str(transform.device), agreed, sink.output.absolute().parent,
-                   sink.remove_previous if overwrite else lambda: None)
+                   lambda: sink.claim(rank.partition), sink.remove_previous if overwrite else lambda: None)
 
 
 def _print_summary(summary: RunSummary) -> None:

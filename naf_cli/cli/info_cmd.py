@@ -14,16 +14,20 @@ def info(
     file: Annotated[Path, typer.Argument(help="HDF5 file written by naf extract or naf upsample.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (every dataset included).")] = False,
 ) -> None:
-    """Summarise a feature file: producer, command, backbone, upsampler, images done and skipped, shapes, size."""
+    """Summarise a feature file: producer, command, backbone, upsampler, images done and skipped, shapes, size,
+    and whether it is complete. Exit code 1 when it is not (the problems and their fixes are listed)."""
     import json
 
+    from naf_cli.cli.errors import EXIT_FAILED
     from naf_cli.pipeline.h5info import describe_feature_file
 
     summary = describe_feature_file(file)
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
-        return
-    _render(summary)
+    else:
+        _render(summary)
+    if summary["complete"] is False:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _render(summary: dict) -> None:
@@ -38,14 +42,10 @@ def _render(summary: dict) -> None:
     table.add_column(overflow="fold")  # hashes and paths are folded, never cut
     table.add_row("file", summary["file"])
     table.add_row("size on disk", f"{human_bytes(summary['size_on_disk_bytes'])} ({summary['size_on_disk_bytes']:,} bytes)")
-    parts = summary["parts"]
-    if summary["complete"]:
-        table.add_row("complete", "yes")
-    elif parts["total"] > 1:
-        table.add_row("complete", f"no: {len(parts['finished'])} of {parts['total']} parts finished, waiting for "
-                                  f"{', '.join(parts['pending'])} (run or resume them; outputs of separate parts: naf merge)")
+    if summary["complete"] is None:
+        table.add_row("complete", "unknown: not written by naf-cli")
     else:
-        table.add_row("complete", "no: an interrupted or unfinished run (rerun its command to resume)")
+        table.add_row("complete", "yes" if summary["complete"] else "no (problems below)")
     for section in ("run", "backbone", "upsampler"):
         for key, value in summary[section].items():
             table.add_row(key, str(value))
@@ -53,6 +53,8 @@ def _render(summary: dict) -> None:
     table.add_row("images done", str(images["done"]))
     table.add_row("images skipped", str(images["skipped"]))
     table.add_row("images pending", str(images["pending"]))
+    if images["unreadable"]:
+        table.add_row("images unreadable", str(images["unreadable"]))
     shapes = summary["shapes"]
     table.add_row("channels", ", ".join(map(str, shapes["channels"])) or "-")
     table.add_row("dtypes", ", ".join(shapes["dtypes"]) or "-")
@@ -60,6 +62,10 @@ def _render(summary: dict) -> None:
         (h0, h1), (w0, w1) = shapes["height_range"], shapes["width_range"]
         table.add_row("sizes (HxW)", f"{h0}..{h1} x {w0}..{w1}")
     console.print(table)
+    if summary["problems"]:
+        console.print("\n[bold]problems[/bold]")
+        for problem in summary["problems"]:
+            console.print(f"  {problem['problem']}: {problem['message']}; fix: {problem['fix']}", markup=False)
     if summary["skipped"]:
         console.print("\n[bold]skipped inputs[/bold]")
         for entry in summary["skipped"]:
@@ -68,6 +74,9 @@ def _render(summary: dict) -> None:
         shown = Table("dataset", "shape", "dtype", "stored")
         shown.columns[0].overflow = "fold"
         for dataset in summary["datasets"][:SHOWN_DATASETS]:
+            if "problem" in dataset:
+                shown.add_row(dataset["name"], "unreadable", "-", "-")
+                continue
             shown.add_row(dataset["name"], "x".join(map(str, dataset["shape"])), dataset["dtype"], human_bytes(dataset["bytes_stored"]))
         console.print(shown)
         more = len(summary["datasets"]) - SHOWN_DATASETS

@@ -159,6 +159,16 @@ def pca_from_files(
     names = [name for name in files[0].names if all(name in f for f in files[1:])]
     if not names:
         raise NafError("the feature files have no image in common; fix: pass files written from the same images")
+    readable = []
+    for name in names:
+        broken = next((f"{f.path}: {f.unreadable[name]}" for f in files if name in f.unreadable), None)
+        if broken is None:
+            readable.append(name)
+        else:
+            warn(f"skipped {name}: it cannot be read ({broken}); fix: naf info names the problem and its fix")
+    if not readable:
+        raise NafError(f"no image of {files[0].path} can be read; fix: run naf info {files[0].path} for the problem and its fix")
+    names = readable
     basis_file = low_files[0] if low_files else files[0]
     fit_names = seeded_choice(names, settings.fit_images, settings.seed)
     basis = fit_on((torch.from_numpy(basis_file[name]) for name in fit_names), settings)

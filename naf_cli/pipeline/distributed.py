@@ -67,12 +67,14 @@ def rank_device(device: str, rank: TorchrunRank) -> str:
 
 
 def start_together(rank: TorchrunRank, device: str, agreed: Mapping[str, object], output_folder: Path,
-                   first: Callable[[], None]) -> None:
+                   claim: Callable[[], None], first: Callable[[], None]) -> None:
     """The only collective of a run, before any work (see the module docstring).
 
-    ``agreed``: values every rank must share (settings, inputs); a difference is an
-    OptionError on every rank, naming it. ``first`` runs on rank 0 before the others go on.
-    ``output_folder`` must be one folder for every rank (a file system shared by the nodes).
+    ``claim`` runs on every rank first (taking its part's lock on the output); a refusal on
+    any rank is an error on every rank, so none waits for the others in vain. ``agreed``:
+    values every rank must share (settings, inputs); a difference is an OptionError on every
+    rank, naming it. ``first`` runs on rank 0 before the others go on. ``output_folder``
+    must be one folder for every rank (a file system shared by the nodes).
     """
     import torch
     import torch.distributed as dist
@@ -82,6 +84,16 @@ def start_together(rank: TorchrunRank, device: str, agreed: Mapping[str, object]
         torch.cuda.set_device(torch.device(device))
     dist.init_process_group(backend, timeout=START_TIMEOUT)
     try:
+        refusal = ""
+        try:
+            claim()
+        except NafError as err:
+            refusal = str(err)
+        refusals: list[object] = [None] * rank.world_size
+        dist.all_gather_object(refusals, refusal)
+        refused = next((str(r) for r in refusals if r), "")
+        if refused:
+            raise OptionError(refused)
         views: list[object] = [None] * rank.world_size
         dist.all_gather_object(views, dict(agreed))
         for other, view in enumerate(views[1:], start=1):

@@ -6,11 +6,12 @@ and the file users open (``-o``) is a small *index* of relative external links t
 rewritten atomically (write a temporary file, then rename) after every shard::
 
     feats.h5                   index: run attributes, /features/<name> -> shard link
-    feats.h5.shards/run.json   the settings of the run, checked on resume
-    feats.h5.shards/shard-000000.h5 ...   /features/<name>: [C, H, W] datasets
+    feats.h5.lock              one writer per part (``run_lock``)
+    feats.h5.shards/run.json   the run's id and settings, checked on resume
+    feats.h5.shards/shard-<id>-000000.h5 ...   /features/<name>: [C, H, W] datasets, checksummed
 
 After ``kill -9`` the index holds every image of every published shard, each complete;
-the same command again skips them. A run split over processes (``--shard I/N``, torchrun)
+the same command again skips them (the open shard's images are redone). A run split over processes (``--shard I/N``, torchrun)
 writes one folder: each part its own shards and a ``part-<I>of<N>.json`` state file, and
 every part rebuilds the index from the folder (``shard_catalog``). docs/format.md is the
 reference.
@@ -38,12 +39,19 @@ from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, as_attr
 from naf_cli.pipeline.banded import BandedFeatures
 from naf_cli.pipeline.disk import check_room, fsync_path, write_json_atomic, writer_id
 from naf_cli.pipeline.partition import Partition
+from naf_cli.pipeline.run_lock import RunLock
 from naf_cli.pipeline.shard_catalog import (
     RUN_FILE,
+    SHARD_FINGERPRINT,
+    SHARD_RUN_ID,
+    SHARD_SETTINGS,
     PartState,
+    RunRecord,
     RunStatus,
     ShardCatalog,
+    first_difference,
     inputs_digest,
+    new_run_id,
     part_file,
     read_parts,
     run_status,
@@ -117,7 +125,8 @@ class HDF5FeatureSink:
             raise OutputError(f"-o {self.output} is a folder; fix: name an .h5 file, e.g. -o {self.output / 'features.h5'}")
         if not self.output.parent.is_dir():
             raise OutputError(f"folder {self.output.parent} does not exist; fix: create it or choose another -o path")
-        if self.output.exists() and not overwrite and not (self.shards / RUN_FILE).is_file():
+        resumable = (self.shards / RUN_FILE).is_file() or any(shard_owner(p.name) for p in self.shards.glob("shard-*.h5"))
+        if self.output.exists() and not overwrite and not resumable:
             raise OutputError(f"{self.output} already exists and is not a resumable naf output; "
                               f"fix: pass --overwrite or choose another -o path")
         self.overwrite = overwrite
@@ -127,7 +136,10 @@ class HDF5FeatureSink:
         self.shard_seconds = shard_seconds
         self.partition = Partition()
         self.catalog = ShardCatalog(self.shards)
+        self.record: RunRecord | None = None
         self.status: RunStatus | None = None
+        self.notices: list[str] = []  # warnings for the user, found by ``prepare``
+        self._lock: RunLock | None = None
         self.attrs: dict[str, object] = {}
         self._part = PartState(self.partition)
         self._shard: h5py.File | None = None
@@ -147,82 +159,122 @@ class HDF5FeatureSink:
         return {"format_version": FORMAT_VERSION, "out_dtype": self.dtype, "compression": self.compression,
                 **{k: _jsonable(v) for k, v in run_settings.items()}}
 
+    def claim(self, partition: Partition = Partition()) -> None:
+        """Take this part's lock on the output (``RunLock``) before anything in its folder is read,
+        created or deleted; an OutputError when another live run holds it. Idempotent."""
+        if self._lock is not None:
+            return
+        self._lock = RunLock.acquire(self.output, partition)
+        if self._lock.unsupported:
+            self.notices.append(f"warning: the file system of {self.output.parent} keeps no file locks, so two runs on "
+                                f"{self.output} at once would not be detected; start one run per output")
+
+    def release(self) -> None:
+        """Give the lock back (after ``finish`` or ``abort``, or when a run stops before its work)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def prepare(self, run_settings: Mapping[str, object], partition: Partition = Partition()) -> set[str]:
         """Before any work: start a new output, or find what earlier runs finished.
 
         ``partition`` is the part of a split run this process writes (the whole run by
         default). Returns the names already done, by any part. Settings that differ from
-        the output's are an OutputError naming the first difference.
+        the output's are an OutputError naming the first difference. The part's lock is
+        taken first and held until ``finish`` or ``abort``.
         """
         self.partition = partition
         self._part = PartState(partition)
-        if self.overwrite:
-            self.remove_previous()
-        self.shards.mkdir(exist_ok=True)
-        self.catalog.refresh()
-        done = set(self.catalog.links())
-        self._agree_settings(self.settings(run_settings), bool(done))
-        self._remove_stale()
-        own = [owner[1] for path in self.shards.glob("shard-*.h5")
-               if (owner := shard_owner(path.name)) is not None and owner[0] == partition]
+        self.claim(partition)
+        try:
+            if self.overwrite:
+                self.remove_previous()
+            self.shards.mkdir(exist_ok=True)
+            self.catalog.refresh()
+            self.record = self._agree_settings(self.settings(run_settings))
+            self.catalog.bind(self.record)
+            done = set(self.catalog.links())
+            for shard, why in self.catalog.foreign():
+                self.notices.append(f"warning: {self.shards / shard} {why}")
+            self._remove_stale()
+        except BaseException:
+            self.release()
+            raise
+        own = [owner.number for path in self.shards.glob("shard-*.h5")
+               if (owner := shard_owner(path.name)) is not None and owner.partition == partition and owner.run_id == self.record.run_id]
         self._next_shard = max(own, default=-1) + 1
         return done
 
-    def _agree_settings(self, wanted: dict[str, object], anything_done: bool) -> None:
-        """Create run.json, or check this run's settings against it.
+    def _agree_settings(self, wanted: dict[str, object]) -> RunRecord:
+        """The run this process joins: ``run.json``'s, created when new, checked against ``wanted``.
 
-        Finished work is protected: only the same settings may add to it. A whole run that
-        finished nothing may replace the settings; parts of a split run never do (another
-        part may have started with them a moment ago).
+        A lost ``run.json`` is rebuilt from the shards' own records, never from this
+        command's options. Finished work is protected: only the same settings may add to it.
+        A whole run that finished nothing may replace the settings (with a new run id);
+        parts of a split run never do (another part may have started with them a moment ago).
         """
+        recorded = RunRecord.read(self.shards)
+        if recorded is None:
+            rebuilt = self.catalog.recorded_runs()
+            recorded = self._create_run_file(rebuilt[0] if rebuilt else RunRecord(new_run_id(), wanted))
+        key = first_difference(wanted, recorded.settings)
+        if key is None and recorded.run_id:
+            return recorded
+        self.catalog.bind(recorded)
+        older = not recorded.run_id and bool(self.catalog.refresh())  # shards of format version 2 hold finished work
+        if not older and not self.catalog.links() and self.partition.is_whole:
+            fresh = RunRecord(new_run_id(), wanted)
+            write_json_atomic(self.shards / RUN_FILE, fresh.to_json())
+            return fresh
+        if key == "format_version" or older or key is None:
+            raise OutputError(f"{self.output} was written by another naf-cli version (format version "
+                              f"{recorded.settings.get('format_version')}, this one writes {FORMAT_VERSION}); fix: finish "
+                              f"it with the naf-cli that started it, or pass --overwrite to start again")
+        again = ("pass --overwrite to start again" if self.partition.is_whole else
+                 f"to start again, delete {self.output} and {self.shards} (or pass --overwrite with torchrun)")
+        raise OutputError(f"{self.output} was written with {key}={recorded.settings.get(key)!r}, this run has "
+                          f"{key}={wanted.get(key)!r}; fix: rerun with the same options to resume, or {again}")
+
+    def _create_run_file(self, record: RunRecord) -> RunRecord:
+        """Write run.json unless another part wrote it first; returns the record that won."""
         run_file = self.shards / RUN_FILE
         tmp = run_file.with_name(f".{RUN_FILE}.tmp-{writer_id()}")
-        tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(record.to_json(), indent=1, sort_keys=True))
         try:
             os.link(tmp, run_file)  # created only if absent: two parts starting at once agree on one file
-            return
+            return record
         except FileExistsError:
             pass
         except OSError:  # a file system without hard links
             if not run_file.exists():
                 os.replace(tmp, run_file)
-                return
+                return record
         finally:
             tmp.unlink(missing_ok=True)
-        previous = json.loads(run_file.read_text())
-        if previous == wanted:
-            return
-        if not anything_done and self.partition.is_whole:
-            write_json_atomic(run_file, wanted)
-            return
-        again = ("pass --overwrite to start again" if self.partition.is_whole else
-                 f"to start again, delete {self.output} and {self.shards} (or pass --overwrite with torchrun)")
-        for key in sorted(set(wanted) | set(previous)):
-            if previous.get(key) != wanted.get(key):
-                raise OutputError(
-                    f"{self.output} was written with {key}={previous.get(key)!r}, this run has "
-                    f"{key}={wanted.get(key)!r}; fix: rerun with the same options to resume, or {again}"
-                )
+        return RunRecord.read(self.shards) or record
 
     def remove_previous(self) -> None:
-        """Delete the output and its shard folder (``--overwrite``; in a split run, one process does it)."""
+        """Delete the output and its shard folder (``--overwrite``; in a split run, one process does it).
+        The lock file stays: other runs may be waiting on it."""
         if self.shards.is_dir():
-            if not (self.shards / RUN_FILE).is_file():
+            if not (self.shards / RUN_FILE).is_file() and not any(shard_owner(p.name) for p in self.shards.iterdir()):
                 raise OutputError(f"{self.shards} exists but is not a naf shard folder; fix: move it away or choose another -o path")
             shutil.rmtree(self.shards)
         self.output.unlink(missing_ok=True)
 
     def _remove_stale(self) -> None:
-        """Unfinished shards (their images are redone) and state files that no running part owns.
+        """Unfinished shards of this run (their images are redone) and state files that no running part owns.
 
         A whole run owns the folder: it removes every ``.partial`` shard and every other part
         file. A part of N removes its own unfinished shards and those of other splits (an
         earlier run with another N), never those of its sibling parts, which may be running.
+        The lock guarantees no other split is alive.
         """
         mine = self.partition
         for path in self.shards.iterdir():
             owner = shard_owner(path.name)
-            if owner is not None and owner[2] and (mine.is_whole or owner[0] == mine or owner[0].count != mine.count):
+            if owner is not None and owner.partial and (
+                    mine.is_whole or owner.partition == mine or owner.partition.count != mine.count):
                 path.unlink(missing_ok=True)
         for part in read_parts(self.shards):
             if part.partition != mine and (mine.is_whole or part.partition.count != mine.count):
@@ -242,11 +294,16 @@ class HDF5FeatureSink:
             self._write_index()
 
     def _open_shard(self) -> h5py.File:
-        self._shard_path = self.shards / (shard_file_name(self.partition, self._next_shard) + ".partial")
+        assert self.record is not None, "prepare() first"
+        self._shard_path = self.shards / (shard_file_name(self.record.run_id, self.partition, self._next_shard) + ".partial")
         self._next_shard += 1
         try:
             handle = h5py.File(self._shard_path, "w")
             handle.attrs["format_version"] = FORMAT_VERSION
+            # the shard's own record of its run: never linked into another run, and a lost run.json is rebuilt from it
+            handle.attrs[SHARD_RUN_ID] = self.record.run_id
+            handle.attrs[SHARD_FINGERPRINT] = self.record.fingerprint
+            handle.attrs[SHARD_SETTINGS] = json.dumps(dict(self.record.settings), sort_keys=True)
             handle.create_group(FEATURES_GROUP)
         except OSError as err:
             raise RunError(f"cannot create {self._shard_path}: {err}; fix: check the space and permissions of {self.shards}") from err
@@ -271,7 +328,11 @@ class HDF5FeatureSink:
         self._write(name, attrs, tuple(array.shape), array)
 
     def _write(self, name: str, attrs: Mapping[str, object], shape: tuple[int, ...], data: np.ndarray | BandedFeatures) -> None:
-        options: dict[str, object] = {} if self.compression == "none" else {"compression": self.compression}
+        # fletcher32: every chunk carries a checksum that every HDF5 reader verifies, so a flipped
+        # byte on disk is a read error, never a wrong value
+        options: dict[str, object] = {"fletcher32": True}
+        if self.compression != "none":
+            options["compression"] = self.compression
         assert self._shard is not None and self._shard_path is not None
         dtype = data.dtype if isinstance(data, np.ndarray) else np.dtype(self.dtype)
         check_room(self._shard_path, int(np.prod(shape)) * dtype.itemsize, f"features of {name}")
@@ -369,7 +430,9 @@ class HDF5FeatureSink:
             shards, parts = self._snapshot()
             links = self.catalog.links()
             status = run_status(parts, links)
-            attrs = {**self.attrs, "shard_folder": self.shards.name, "images_done": len(links), **status.attrs()}
+            assert self.record is not None
+            attrs = {**self.attrs, "shard_folder": self.shards.name, "run_id": self.record.run_id,
+                     "settings_sha256": self.record.fingerprint, "images_done": len(links), **status.attrs()}
             targets = {name: f"{self.shards.name}/{shard}" for name, shard in links.items()}
             self._index_seconds = write_index(self.output, attrs, targets)
             self._index_written = time.monotonic()
@@ -379,10 +442,13 @@ class HDF5FeatureSink:
 
     def finish(self) -> Path:
         """Publish the last shard, mark this part finished and write the index."""
-        self._close_shard()
-        self._part.finished = True
-        self._part.write(self.shards)
-        self._write_index()
+        try:
+            self._close_shard()
+            self._part.finished = True
+            self._part.write(self.shards)
+            self._write_index()
+        finally:
+            self.release()
         return self.output
 
     def abort(self) -> Path | None:
@@ -411,13 +477,18 @@ class HDF5FeatureSink:
                         self._shard = None
                         if self._shard_path is not None:
                             self._shard_path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self._part.write(self.shards)
-        if self.catalog.links():
-            with contextlib.suppress(NafError, OSError):
-                self._write_index()
-            return self.output
-        return None
+        try:
+            if self.record is None:  # stopped before prepare: nothing of this run exists
+                return None
+            with contextlib.suppress(OSError):
+                self._part.write(self.shards)
+            if self.catalog.links():
+                with contextlib.suppress(NafError, OSError):
+                    self._write_index()
+                return self.output
+            return None
+        finally:
+            self.release()
 
 
 def _jsonable(value: object) -> object:

@@ -22,11 +22,21 @@ import naf_cli
 from naf_cli.errors import OptionError, OutputError
 from naf_cli.feature_format import plain_attr
 from naf_cli.pipeline.h5out import shard_folder
-from naf_cli.pipeline.shard_catalog import RUN_FILE, RunStatus, ShardCatalog, read_parts, run_status, write_index
+from naf_cli.pipeline.shard_catalog import (
+    RUN_FILE,
+    RunRecord,
+    RunStatus,
+    ShardCatalog,
+    first_difference,
+    read_parts,
+    run_status,
+    write_index,
+)
 
 # index attributes that describe one part's file, not the merged run
 _PER_FILE = frozenset({"shard_folder", "complete", "images_total", "images_done", "images_skipped", "skipped_images",
-                       "parts_total", "parts_finished", "created", "command", "merged_from"})
+                       "parts_total", "parts_finished", "created", "command", "merged_from", "run_id",
+                       "merged_run_ids", "settings_sha256"})
 
 
 @dataclass
@@ -76,12 +86,16 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
     if not folders:
         raise OptionError("no outputs to merge; fix: pass the -o files of the parts' runs")
     _check_output(output, folders, overwrite)
-    settings = [json.loads((folder / RUN_FILE).read_text()) for folder in folders]
-    for folder, theirs in zip(folders[1:], settings[1:], strict=True):
-        for key in sorted(set(settings[0]) | set(theirs)):
-            if settings[0].get(key) != theirs.get(key):
-                raise OptionError(f"{folder} was written with {key}={theirs.get(key)!r}, {folders[0]} with "
-                                  f"{key}={settings[0].get(key)!r}: not parts of one run; fix: merge outputs of one command")
+    # the run id is not compared: each part's own output has its own run (and id)
+    records = [RunRecord.read(folder) for folder in folders]
+    first = records[0]
+    assert first is not None
+    for folder, theirs in zip(folders[1:], records[1:], strict=True):
+        assert theirs is not None
+        key = first_difference(first.settings, theirs.settings)
+        if key is not None:
+            raise OptionError(f"{folder} was written with {key}={theirs.settings.get(key)!r}, {folders[0]} with "
+                              f"{key}={first.settings.get(key)!r}: not parts of one run; fix: merge outputs of one command")
     described = next((attrs for folder in folders if (attrs := _index_attrs(folder)) is not None), None)
     if described is None:
         raise OptionError("none of the parts has published an image yet (no index file); fix: merge once they have")
@@ -89,9 +103,12 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
     duplicates = 0
     parts_states = []
     base = output.absolute().parent
-    for folder in folders:
-        catalog = ShardCatalog(folder)
+    run_ids = {}
+    for folder, record in zip(folders, records, strict=True):
+        assert record is not None
+        catalog = ShardCatalog(folder, record)
         catalog.refresh()
+        run_ids[os.path.relpath(folder.absolute(), base)] = record.run_id
         for name, shard in catalog.links().items():
             if name in links:
                 duplicates += 1
@@ -104,6 +121,7 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
         "producer": f"naf-cli {naf_cli.__version__}", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command, "shard_folder": "", "images_done": len(links), **status.attrs(),
         "merged_from": json.dumps([os.path.relpath(folder.absolute(), base) for folder in folders]),
+        "merged_run_ids": json.dumps(run_ids), "settings_sha256": first.fingerprint,
     })
     write_index(output, attrs, links)
     return MergeResult(output, len(links), status, duplicates, folders)

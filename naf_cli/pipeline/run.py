@@ -32,12 +32,14 @@ class FeatureSink(Protocol):
     """Where per-image features go (``HDF5FeatureSink``); ``output`` is what users open.
 
     ``prepare`` runs before any work, learns which part of a split run this process writes,
-    and returns the names earlier runs (or sibling parts) already finished. ``status`` is
-    the whole run's state once ``finish`` returns.
+    and returns the names earlier runs (or sibling parts) already finished; ``notices`` are
+    the warnings it found for the user. ``status`` is the whole run's state once ``finish``
+    returns. ``finish`` and ``abort`` end the run (and give back what ``prepare`` took).
     """
 
     output: Path
     status: RunStatus | None
+    notices: list[str]
 
     def prepare(self, run_settings: Mapping[str, object], partition: Partition = Partition()) -> set[str]: ...
 
@@ -113,8 +115,14 @@ def run_pipeline(
     summary = RunSummary(sink.output, total=len(mine), partition=partition)
     started = time.perf_counter()
     already_done = sink.prepare(run_settings(transform, batch_size), partition)
-    sink.begin({"kind": transform.kind, "source_root": str(source.root), **transform.file_attrs(), **(run_attrs or {})},
-               names=[item.name for item in source])
+    try:
+        sink.begin({"kind": transform.kind, "source_root": str(source.root), **transform.file_attrs(), **(run_attrs or {})},
+                   names=[item.name for item in source])
+    except BaseException:
+        sink.abort()
+        raise
+    for notice in sink.notices:
+        progress.warn(notice)
     progress.start(len(mine), description or transform.kind)
     if already_done:
         progress.warn(f"resuming {sink.output}: {len(already_done)} image(s) already done are not redone")
@@ -124,10 +132,10 @@ def run_pipeline(
             progress.advance(item.name)
     workers = default_workers() if workers is None else workers
     pending = [item for item in mine if item.name not in already_done]
-    decoded = decoded_inputs(pending, workers, pin_memory=transform.device.type == "cuda")
     writer = BackgroundWriter(sink)
     notes: set[str] = set()
     try:
+        decoded = decoded_inputs(pending, workers, pin_memory=transform.device.type == "cuda")
         # batches come from fixed groups of the global name order, whatever is already done and
         # whatever the split, so every image is computed exactly as in one uninterrupted run
         for start in starts:

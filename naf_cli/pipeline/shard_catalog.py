@@ -7,9 +7,10 @@ the run are still writing. The index users open is built from this alone: any pr
 
 Files of one shard folder::
 
-    run.json                 the settings every part must share
-    part-<I>of<N>.json       one per part: finished or not, inputs it saw, inputs it skipped
-    shard-<I>of<N>-000003.h5 a published shard of part I of N (``shard-000003.h5`` for a whole run)
+    run.json                      the run's id and the settings every part must share
+    part-<I>of<N>.json            one per part: finished or not, inputs it saw, inputs it skipped
+    shard-<id>-<I>of<N>-000003.h5 a published shard of part I of N (``shard-<id>-000003.h5`` for a whole run)
+    damaged.json                  images ``naf verify`` found damaged, and in which shard
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,28 +32,95 @@ import h5py
 import numpy as np
 
 from naf_cli.errors import OutputError, RunError
-from naf_cli.feature_format import FEATURES_GROUP, as_attr, list_datasets
+from naf_cli.feature_format import FEATURES_GROUP, as_attr, list_datasets, plain_attr
 from naf_cli.pipeline.disk import check_room, fsync_path, write_json_atomic, writer_id
 from naf_cli.pipeline.partition import Partition
 
 RUN_FILE = "run.json"
-_SHARD = re.compile(r"^shard-(?:(\d+)of(\d+)-)?(\d+)\.h5(\.partial)?$")
+DAMAGED_FILE = "damaged.json"
+RUN_ID_LENGTH = 12
+_SHARD = re.compile(rf"^shard-(?:([0-9a-f]{{{RUN_ID_LENGTH}}})-)?(?:(\d+)of(\d+)-)?(\d+)\.h5(\.partial)?$")
 _PART = re.compile(r"^part-(\d+)of(\d+)\.json$")
+# root attributes of a shard that bind it to its run
+SHARD_RUN_ID, SHARD_FINGERPRINT, SHARD_SETTINGS = "run_id", "settings_sha256", "run_settings"
 
 
-def shard_file_name(partition: Partition, number: int) -> str:
-    """``shard-000003.h5`` for a whole run, ``shard-2of8-000003.h5`` for part 2 of 8."""
-    return f"shard-{number:06d}.h5" if partition.is_whole else f"shard-{partition.tag}-{number:06d}.h5"
+def new_run_id() -> str:
+    return secrets.token_hex(RUN_ID_LENGTH // 2)
 
 
-def shard_owner(file_name: str) -> tuple[Partition, int, bool] | None:
-    """(the part that wrote it, its number, whether still ``.partial``) of a shard file name."""
+def settings_fingerprint(settings: Mapping[str, object]) -> str:
+    """SHA-256 of the settings as canonical JSON: what every shard of the run carries."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``run.json``: the run's id (not a setting: parts and resumes adopt it) and its settings."""
+
+    run_id: str
+    settings: Mapping[str, object]
+
+    @property
+    def fingerprint(self) -> str:
+        return settings_fingerprint(self.settings)
+
+    def to_json(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "settings_sha256": self.fingerprint, "settings": dict(self.settings)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
+        settings = data.get("settings")
+        if isinstance(settings, dict):
+            return cls(str(data.get("run_id", "")), settings)
+        return cls("", dict(data))  # format version 2 wrote the settings alone
+
+    @classmethod
+    def read(cls, folder: Path) -> RunRecord | None:
+        """The record of ``folder/run.json``, or None when there is none."""
+        path = folder / RUN_FILE
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError) as err:
+            raise OutputError(f"{path} cannot be read ({err}); fix: delete it (the next run rebuilds it from the "
+                              f"shards' own records) and rerun the same command") from err
+
+
+def first_difference(wanted: Mapping[str, object], previous: Mapping[str, object]) -> str | None:
+    """The first key (in name order) whose values differ, or None."""
+    for key in sorted(set(wanted) | set(previous)):
+        if previous.get(key) != wanted.get(key):
+            return key
+    return None
+
+
+def shard_file_name(run_id: str, partition: Partition, number: int) -> str:
+    """``shard-<run id>-000003.h5`` for a whole run, ``shard-<run id>-2of8-000003.h5`` for part 2 of 8.
+
+    The run id in the name means a missing shard's name is never another run's file (HDF5
+    looks for a missing external link's target in the working folder too)."""
+    part = "" if partition.is_whole else f"{partition.tag}-"
+    return f"shard-{run_id}-{part}{number:06d}.h5"
+
+
+@dataclass(frozen=True)
+class ShardName:
+    run_id: str  # "" for shards of format version 2, which carried no id
+    partition: Partition
+    number: int
+    partial: bool
+
+
+def shard_owner(file_name: str) -> ShardName | None:
+    """What a shard file name says: its run, the part that wrote it, its number, whether still ``.partial``."""
     match = _SHARD.match(file_name)
     if match is None:
         return None
-    index, count, number, partial = match.groups()
+    run_id, index, count, number, partial = match.groups()
     part = Partition(int(index), int(count)) if count is not None else Partition()
-    return part, int(number), partial is not None
+    return ShardName(run_id or "", part, int(number), partial is not None)
 
 
 def part_file(folder: Path, partition: Partition) -> Path:
@@ -105,44 +175,126 @@ def read_parts(folder: Path) -> list[PartState]:
     return sorted(parts, key=lambda p: (p.partition.count, p.partition.index))
 
 
+@dataclass(frozen=True)
+class ShardRecord:
+    """What a published shard says of itself: its run, the images it holds, or why it cannot be read."""
+
+    run_id: str = ""
+    fingerprint: str = ""
+    settings: str = ""  # the run's settings as JSON, to rebuild a lost run.json
+    names: tuple[str, ...] = ()
+    unreadable: str = ""
+
+
+def read_shard_record(path: Path) -> ShardRecord:
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = handle.attrs
+            return ShardRecord(str(plain_attr(attrs.get(SHARD_RUN_ID, ""))), str(plain_attr(attrs.get(SHARD_FINGERPRINT, ""))),
+                               str(plain_attr(attrs.get(SHARD_SETTINGS, ""))), tuple(list_datasets(handle[FEATURES_GROUP])))
+    except (OSError, KeyError, ValueError) as err:
+        return ShardRecord(unreadable=str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
 class ShardCatalog:
     """The published shards of one shard folder and the images each holds.
 
-    A published shard never changes, so each is opened once per process; ``refresh`` only
-    lists the folder and opens shards it has not seen.
+    Only shards of the folder's run (``bind``: the id and settings fingerprint of its
+    ``run.json``) are linked; others are *foreign* (copied in, or left by another run) and
+    unreadable ones are reported, never linked. Images that ``naf verify`` found damaged
+    (``damaged.json``) are not linked to the copy that is damaged. A published shard never
+    changes, so each is opened once per process; ``refresh`` only lists the folder and
+    opens shards it has not seen.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, record: RunRecord | None = None) -> None:
         self.folder = Path(folder)
-        self._names: dict[str, list[str]] = {}
+        self.record = record
+        self._shards: dict[str, ShardRecord] = {}
+        self.damaged: set[tuple[str, str]] = set()  # (image, shard file) pairs not to link
+
+    def bind(self, record: RunRecord) -> None:
+        self.record = record
 
     def refresh(self) -> tuple[str, ...]:
         """Re-list the folder; returns the published shard files, sorted."""
-        present = sorted(p.name for p in self.folder.glob("shard-*.h5") if (owner := shard_owner(p.name)) and not owner[2])
+        present = sorted(p.name for p in self.folder.glob("shard-*.h5") if (owner := shard_owner(p.name)) and not owner.partial)
         for name in present:
-            if name not in self._names:
-                try:
-                    with h5py.File(self.folder / name, "r") as handle:
-                        self._names[name] = list_datasets(handle[FEATURES_GROUP])
-                except (OSError, KeyError) as err:
-                    raise OutputError(f"{self.folder / name} cannot be read ({err}); fix: delete it (its images are "
-                                      f"redone) and rerun the same command") from err
-        for gone in set(self._names) - set(present):
-            del self._names[gone]
+            if name not in self._shards:
+                self._shards[name] = read_shard_record(self.folder / name)
+        for gone in set(self._shards) - set(present):
+            del self._shards[gone]
+        self.damaged = read_damaged(self.folder)
         return tuple(present)
 
     def add(self, shard: str, names: Sequence[str]) -> None:
         """A shard this process just published: known without reopening it."""
-        self._names[shard] = list(names)
+        assert self.record is not None
+        self._shards[shard] = ShardRecord(self.record.run_id, self.record.fingerprint, "", tuple(names))
+
+    def belongs(self, shard: str) -> bool:
+        record = self._shards.get(shard)
+        return (record is not None and not record.unreadable and self.record is not None and bool(self.record.run_id)
+                and record.run_id == self.record.run_id and record.fingerprint == self.record.fingerprint)
+
+    def foreign(self) -> list[tuple[str, str]]:
+        """(shard file, why it is not linked) for every published shard that is not the run's."""
+        problems = []
+        for shard, record in sorted(self._shards.items()):
+            if record.unreadable:
+                problems.append((shard, f"cannot be read ({record.unreadable}); its images are redone"))
+            elif not self.belongs(shard):
+                why = "no run id (an older naf-cli)" if not record.run_id else (
+                    "another run's" if self.record is None or record.run_id != self.record.run_id else "other settings")
+                problems.append((shard, f"belongs to {why}, not to the run in {RUN_FILE}; it is not linked"))
+        return problems
+
+    def recorded_runs(self) -> list[RunRecord]:
+        """The runs the readable shards say they belong to, the most shards first (to rebuild a lost run.json)."""
+        counts = Counter((r.run_id, r.settings) for r in self._shards.values() if r.run_id and r.settings and not r.unreadable)
+        records = []
+        for (run_id, settings), _ in counts.most_common():
+            try:
+                records.append(RunRecord(run_id, json.loads(settings)))
+            except ValueError:
+                continue
+        return records
 
     def links(self) -> dict[str, str]:
-        """Image name -> shard file. An image in two shards (runs that overlapped) keeps the first,
-        by file name; by the equality rule both hold the same bytes."""
+        """Image name -> shard file, over the run's own shards. An image in two shards (runs that
+        overlapped, or redone after ``naf verify``) keeps the first by file name that is not
+        recorded as damaged; by the equality rule every good copy holds the same bytes."""
         links: dict[str, str] = {}
-        for shard in sorted(self._names):
-            for name in self._names[shard]:
-                links.setdefault(name, shard)
+        for shard in sorted(self._shards):
+            if not self.belongs(shard):
+                continue
+            for name in self._shards[shard].names:
+                if (name, shard) not in self.damaged:
+                    links.setdefault(name, shard)
         return links
+
+
+def read_damaged(folder: Path) -> set[tuple[str, str]]:
+    """(image, shard file) pairs ``naf verify`` recorded in ``damaged.json``."""
+    try:
+        entries = json.loads((folder / DAMAGED_FILE).read_text(encoding="utf-8"))
+        return {(str(e["image"]), str(e["shard"])) for e in entries}
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise OutputError(f"{folder / DAMAGED_FILE} cannot be read ({err}); fix: delete it and run naf verify again") from err
+
+
+def record_damaged(folder: Path, entries: Iterable[tuple[str, str, str]]) -> None:
+    """Add (image, shard file, reason) entries to ``damaged.json`` (kept: a damaged copy stays damaged)."""
+    path = folder / DAMAGED_FILE
+    known: dict[tuple[str, str], str] = {}
+    if path.is_file():
+        for entry in json.loads(path.read_text(encoding="utf-8")):
+            known[(str(entry["image"]), str(entry["shard"]))] = str(entry.get("reason", ""))
+    for image, shard, reason in entries:
+        known[(image, shard)] = reason
+    write_json_atomic(path, [{"image": image, "shard": shard, "reason": reason} for (image, shard), reason in sorted(known.items())])
 
 
 @dataclass
