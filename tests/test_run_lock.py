@@ -86,12 +86,21 @@ def test_parts_of_one_split_run_together_but_not_twice_nor_beside_another_split(
     assert not lock_path(output).exists()  # the last holder removes the file
 
 
-def test_the_same_output_twice_in_one_process_is_refused(output):
-    lock = RunLock.acquire(output, Partition(0, 2))
-    try:
-        assert "this process" in refused(output, Partition(1, 2))
-    finally:
-        lock.release()
+def test_parts_of_one_split_share_one_process_but_a_part_or_split_twice_is_refused(output):
+    first = RunLock.acquire(output, Partition(0, 3))
+    second = RunLock.acquire(output, Partition(1, 3))
+    assert "this process" in refused(output, Partition(1, 3))
+    assert "this process" in refused(output, Partition())
+    first.release()  # the sibling keeps the file's locks: another process still cannot take part 1
+    holder_code = ("import sys; from pathlib import Path; from naf_cli.pipeline.run_lock import RunLock; "
+                   "from naf_cli.pipeline.partition import Partition; RunLock.acquire(Path(sys.argv[1]), Partition(1, 3))")
+    other = subprocess.run([sys.executable, "-c", holder_code, str(output)], capture_output=True, text=True, timeout=120)
+    assert other.returncode != 0 and f"part 1/3, pid {os.getpid()}" in other.stderr
+    third = RunLock.acquire(output, Partition(0, 3))  # part 0 was given back
+    third.release()
+    second.release()
+    assert not lock_path(output).exists()
+    RunLock.acquire(output, Partition()).release()
 
 
 def test_a_kill_9_frees_the_output_even_with_a_forked_worker_alive(output):

@@ -277,8 +277,10 @@ def test_run_status_needs_every_part_of_one_split_over_the_same_inputs():
     def part(i, n, finished=True, digest="d", skipped=()):
         return PartState(Partition(i, n), finished, 6, digest, list(skipped))
 
-    assert run_status([part(0, 2), part(1, 2)], []).complete
-    assert not run_status([part(0, 2), part(1, 2, finished=False)], []).complete
+    six = [str(i) for i in range(6)]
+    assert run_status([part(0, 2), part(1, 2)], six).complete
+    assert not run_status([part(0, 2), part(1, 2)], six[:5]).complete  # an image no longer linked (damaged, missing)
+    assert not run_status([part(0, 2), part(1, 2, finished=False)], six).complete
     assert run_status([part(0, 2)], []).pending_parts == ["1/2"]
     mixed = run_status([part(0, 2), part(1, 2), part(0, 3)], [])
     assert not mixed.complete and "different splits" in mixed.problem

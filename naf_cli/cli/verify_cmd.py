@@ -16,10 +16,12 @@ def verify(
     them beside the run (damaged.json): rerunning the run's command then redoes exactly those images.
     Exit code 1 when anything is damaged, missing or foreign."""
     import json
+    import sys
 
     from naf_cli.cli.errors import EXIT_FAILED
     from naf_cli.cli.progress import make_progress
     from naf_cli.pipeline.h5info import describe_feature_file
+    from naf_cli.pipeline.integrity import redo_hint
     from naf_cli.pipeline.integrity import verify as verify_file
     from naf_cli.pipeline.memory import human_bytes
 
@@ -29,7 +31,8 @@ def verify(
         print(json.dumps({
             "file": str(file), "images_checked": report.checked, "bytes_read": report.bytes_read,
             "seconds": round(report.seconds, 3), "damaged": [{"image": n, "file": str(f), "reason": r} for n, f, r in report.damaged],
-            "problems": [p.to_json() for p in report.problems], "ok": not report.damaged and not report.problems,
+            "problems": [p.to_json() for p in report.problems], "not_recorded": report.not_recorded,
+            "ok": not report.damaged and not report.problems,
         }, indent=2, ensure_ascii=False))
     else:
         for name, shard, reason in report.damaged:
@@ -39,8 +42,10 @@ def verify(
         rate = report.bytes_read / report.seconds if report.seconds > 0 else 0.0
         print(f"checked {report.checked} image(s), {human_bytes(report.bytes_read)} in {report.seconds:.1f} s "
               f"({human_bytes(int(rate))}/s): {len(report.damaged)} damaged")
-        if report.damaged:
+        if report.damaged and not report.not_recorded:
             command = describe_feature_file(file)["run"].get("command", "the command that wrote it")
-            print(f"recorded in damaged.json beside the shards; fix: rerun `{command}` to redo them")
+            print(f"recorded in damaged.json beside the shards; fix: {redo_hint(file, report.damaged, command)} to redo them")
+    for reason in report.not_recorded:
+        print(f"error: {reason}", file=sys.stderr)
     if report.damaged or report.problems:
         raise typer.Exit(EXIT_FAILED)

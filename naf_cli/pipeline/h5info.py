@@ -83,8 +83,13 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
     total = int(attrs.get("images_total", len(datasets) + len(skipped)))
     pending = max(0, total - len(datasets) - len(skipped))
     parts = _parts(attrs)
-    if by_naf and not attrs.get("complete", False):
-        if parts["total"] > 1:
+    # the attribute is the writer's word; images no longer linked (damaged, missing) are pending too
+    if by_naf and (not attrs.get("complete", False) or pending > 0):
+        if attrs.get("complete", False) or (parts["total"] > 1 and not parts["pending"]):
+            message = f"{pending} image(s) of the inputs are in no shard of the run (damaged copies, or missing shards)"
+            fix = ("rerun the command that wrote it (for a split run, each part's command"
+                   + (", then naf merge again)" if attrs.get("merged_from") else ")"))
+        elif parts["total"] > 1:
             message = (f"{len(parts['finished'])} of {parts['total']} parts finished; waiting for {', '.join(parts['pending'])}")
             fix = "run or resume those parts (outputs of separate parts: naf merge)"
         else:

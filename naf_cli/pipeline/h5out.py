@@ -236,21 +236,36 @@ class HDF5FeatureSink:
                           f"{key}={wanted.get(key)!r}; fix: rerun with the same options to resume, or {again}")
 
     def _create_run_file(self, record: RunRecord) -> RunRecord:
-        """Write run.json unless another part wrote it first; returns the record that won."""
+        """Write run.json unless another part wrote it first; returns the record that won
+        (two parts starting at once agree on one file, so on one run id)."""
         run_file = self.shards / RUN_FILE
+        text = json.dumps(record.to_json(), indent=1, sort_keys=True)
         tmp = run_file.with_name(f".{RUN_FILE}.tmp-{writer_id()}")
-        tmp.write_text(json.dumps(record.to_json(), indent=1, sort_keys=True))
         try:
-            os.link(tmp, run_file)  # created only if absent: two parts starting at once agree on one file
-            return record
-        except FileExistsError:
-            pass
-        except OSError:  # a file system without hard links
-            if not run_file.exists():
-                os.replace(tmp, run_file)
+            tmp.write_text(text)
+            try:
+                os.link(tmp, run_file)  # created whole, and only if absent
                 return record
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links: created only if absent, then written
+                try:
+                    with open(run_file, "x", encoding="utf-8") as handle:
+                        handle.write(text)
+                    return record
+                except FileExistsError:
+                    pass
+        except OSError as err:
+            raise RunError(f"cannot write {run_file}: {os.strerror(err.errno or 0) or err}; fix: check the space and "
+                           f"permissions of {self.shards}, then rerun the same command") from err
         finally:
             tmp.unlink(missing_ok=True)
+        for _ in range(100):  # the other part may still be writing it (no hard links)
+            with contextlib.suppress(OutputError):
+                found = RunRecord.read(self.shards)
+                if found is not None:
+                    return found
+            time.sleep(0.05)
         return RunRecord.read(self.shards) or record
 
     def remove_previous(self) -> None:

@@ -17,9 +17,10 @@ from typing import Any
 
 import h5py
 
+from naf_cli.errors import NafError
 from naf_cli.feature_format import FEATURES_GROUP, list_entries, plain_attr
 from naf_cli.pipeline.progress import Progress, SilentProgress
-from naf_cli.pipeline.shard_catalog import SHARD_FINGERPRINT, SHARD_RUN_ID, read_damaged, record_damaged
+from naf_cli.pipeline.shard_catalog import SHARD_FINGERPRINT, SHARD_RUN_ID, read_damaged, record_damaged, shard_owner
 
 RERUN = "rerun the command that wrote it (the `command` attribute; it redoes exactly the images concerned)"
 
@@ -143,6 +144,7 @@ class VerifyReport:
     seconds: float = 0.0
     damaged: list[tuple[str, Path, str]] = field(default_factory=list)  # (image, file, reason)
     problems: list[Problem] = field(default_factory=list)
+    not_recorded: list[str] = field(default_factory=list)  # why damaged.json could not be written
 
 
 def verify(path: Path, progress: Progress | None = None) -> VerifyReport:
@@ -171,11 +173,28 @@ def verify(path: Path, progress: Progress | None = None) -> VerifyReport:
             report.checked += 1
             progress.advance(image.name)
         progress.close()
+    report.seconds = time.perf_counter() - started
     by_folder: dict[Path, list[tuple[str, str, str]]] = {}
     for name, file, reason in report.damaged:
         if file != path:
             by_folder.setdefault(file.parent, []).append((name, file.name, reason))
     for folder, entries in by_folder.items():
-        record_damaged(folder, entries)
-    report.seconds = time.perf_counter() - started
+        try:
+            record_damaged(folder, entries)
+        except NafError as err:  # read-only storage: the report still stands
+            report.not_recorded.append(str(err))
     return report
+
+
+def redo_hint(path: Path, damaged: list[tuple[str, Path, str]], command: str) -> str:
+    """How to redo ``damaged`` images: the run's command, or each part's, then merge again for a merged file."""
+    parts = sorted({owner.partition.label for _, file, _ in damaged if (owner := shard_owner(file.name)) and not owner.partition.is_whole})
+    with h5py.File(path, "r") as handle:
+        merged = "merged_from" in handle.attrs
+    if parts:
+        what = f"rerun the command of part(s) {', '.join(parts)} (their --shard I/N command or torchrun job)"
+    elif merged:
+        what = "rerun the command that wrote each damaged shard's output"
+    else:
+        what = f"rerun `{command}`"
+    return what + (f", then naf merge again to write {path}" if merged else "")

@@ -88,6 +88,10 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
     _check_output(output, folders, overwrite)
     # the run id is not compared: each part's own output has its own run (and id)
     records = [RunRecord.read(folder) for folder in folders]
+    for folder, record in zip(folders, records, strict=True):
+        if record is None or not record.run_id:
+            raise OptionError(f"{folder} was written by an older naf-cli (format version 2); fix: merge it with the "
+                              f"naf-cli that wrote it, or run its parts again with this one")
     first = records[0]
     assert first is not None
     for folder, theirs in zip(folders[1:], records[1:], strict=True):

@@ -115,37 +115,37 @@ def run_pipeline(
     summary = RunSummary(sink.output, total=len(mine), partition=partition)
     started = time.perf_counter()
     already_done = sink.prepare(run_settings(transform, batch_size), partition)
+    writer: BackgroundWriter | None = None
     try:
         sink.begin({"kind": transform.kind, "source_root": str(source.root), **transform.file_attrs(), **(run_attrs or {})},
                    names=[item.name for item in source])
-    except BaseException:
-        sink.abort()
-        raise
-    for notice in sink.notices:
-        progress.warn(notice)
-    progress.start(len(mine), description or transform.kind)
-    if already_done:
-        progress.warn(f"resuming {sink.output}: {len(already_done)} image(s) already done are not redone")
-    for item in mine:
-        if item.name in already_done:
-            summary.resumed += 1
-            progress.advance(item.name)
-    workers = default_workers() if workers is None else workers
-    pending = [item for item in mine if item.name not in already_done]
-    writer = BackgroundWriter(sink)
-    notes: set[str] = set()
-    try:
-        decoded = decoded_inputs(pending, workers, pin_memory=transform.device.type == "cuda")
+        for notice in sink.notices:
+            progress.warn(notice)
+        progress.start(len(mine), description or transform.kind)
+        if already_done:
+            progress.warn(f"resuming {sink.output}: {len(already_done)} image(s) already done are not redone")
+        for item in mine:
+            if item.name in already_done:
+                summary.resumed += 1
+                progress.advance(item.name)
+        workers = default_workers() if workers is None else workers
         # batches come from fixed groups of the global name order, whatever is already done and
-        # whatever the split, so every image is computed exactly as in one uninterrupted run
-        for start in starts:
-            group = [item for item in source.items[start:start + batch_size] if item.name not in already_done]
+        # whatever the split, so every image is computed exactly as in one uninterrupted run; a
+        # group with one image to redo (a missing shard, a damaged copy) is computed whole
+        every_group = [source.items[start:start + batch_size] for start in starts]
+        groups = [group for group in every_group if any(item.name not in already_done for item in group)]
+        decoded = decoded_inputs([item for group in groups for item in group], workers,
+                                 pin_memory=transform.device.type == "cuda")
+        writer = BackgroundWriter(sink)
+        notes: set[str] = set()
+        for group in groups:
             records = [next(decoded) for _ in group]
             ready: list[tuple[InputItem, DecodedImage, str]] = []
             for item, record in zip(group, records, strict=True):
                 summary.decode_seconds += record.seconds
                 if record.image is None:
-                    _skip(item, ImageReadError(record.error), strict, summary, sink, progress)
+                    if item.name not in already_done:
+                        _skip(item, ImageReadError(record.error), strict, summary, sink, progress)
                     continue
                 ready.append((item, record.image, record.digest))
             computing = time.perf_counter()
@@ -153,7 +153,7 @@ def run_pipeline(
             summary.compute_seconds += time.perf_counter() - computing
             # a group is written only when whole: a shard never holds part of one
             for item, image, digest in ready:
-                if item.name not in results:
+                if item.name not in results or item.name in already_done:
                     continue
                 result = results[item.name]
                 if image.frames > 1 and "animated" not in notes:
@@ -169,12 +169,14 @@ def run_pipeline(
                 summary.done += 1
             writer.end_group()
             for item in group:
-                progress.advance(item.name)
+                if item.name not in already_done:
+                    progress.advance(item.name)
         writer.close()
     except BaseException:
         progress.close()
-        with contextlib.suppress(BaseException):
-            writer.close()  # results already computed are still written
+        if writer is not None:
+            with contextlib.suppress(BaseException):
+                writer.close()  # results already computed are still written
         kept = sink.abort()
         if kept is not None:
             progress.warn(f"note: finished images are kept in {kept}; rerun the same command to resume")

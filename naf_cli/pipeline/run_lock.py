@@ -49,8 +49,8 @@ GATE_SECONDS = 10.0
 # errors that mean the file system keeps no locks (some network and FUSE file systems)
 NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 
-# lock files this process holds, by path: a second holder in the same process would share
-# the process's locks (POSIX locks never conflict with their own process) and drop them on close
+# lock files this process holds, by path: POSIX locks never conflict within one process, and
+# closing any descriptor of the file drops them all, so one descriptor serves the process
 _HELD: dict[Path, RunLock] = {}
 
 
@@ -73,41 +73,75 @@ class Holder:
 
 
 class RunLock:
-    """The lock of one part of the run writing ``output``; ``acquire`` or an OutputError."""
+    """The lock of one part of the run writing ``output``; ``acquire`` or an OutputError.
+
+    Parts of one split may also run in one process (each with its own sink): they share the
+    process's descriptor of the lock file, which is closed when the last of them releases.
+    """
 
     def __init__(self, output: Path, partition: Partition) -> None:
         self.output = Path(output)
         self.path = lock_path(self.output)
         self.partition = partition
         self.fd: int | None = None
+        self.parts: set[int] = set()  # the parts this process holds through this descriptor
+        self.released = False
+        # one key for every spelling of the path (``..``, links) and any later chdir
+        self.key = Path(os.path.realpath(self.path))
         self.unsupported = False  # the file system keeps no locks: runs are not protected
 
     @classmethod
     def acquire(cls, output: Path, partition: Partition) -> RunLock:
         lock = cls(output, partition)
-        key = lock.path.absolute()
-        if key in _HELD:
-            raise OutputError(f"{output} is being written by this process already; fix: wait for that run to end, or "
-                              f"choose another -o path")
-        lock._take()
-        _HELD[key] = lock
+        key = lock.key
+        held = _HELD.get(key)
+        if held is None:
+            lock._take()
+            lock.parts.add(partition.index)
+            _HELD[key] = lock
+            return lock
+        if held.partition.count != partition.count or partition.index in held.parts:
+            raise OutputError(f"{output} is being written by this process already (part {held.partition.label}); fix: "
+                              f"wait for that run to end, or choose another -o path")
+        # another part of the same split in this process: its own part byte, on the shared descriptor
+        if not held.unsupported:
+            if not held._lock(fcntl.LOCK_EX, 1, PARTS + partition.index):
+                lock.fd = held.fd
+                message = lock._refusal(other_split=False)
+                lock.fd = None
+                raise OutputError(message)
+            held._write_holder(partition)
+        held.parts.add(partition.index)
+        lock.fd, lock.unsupported, lock.parts = held.fd, held.unsupported, held.parts
         return lock
 
     def release(self) -> None:
-        """Drop the locks (closing the descriptor drops every lock this process holds on the file),
-        and delete the file when no other process holds any part of it."""
-        if self.fd is not None:
-            try:
-                if self.unsupported or self._lock(fcntl.LOCK_EX, 0, 0):  # every byte: nobody else is in
-                    with contextlib.suppress(OSError):
-                        if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
-                            os.unlink(self.path)
-            except OSError:
-                pass
-            finally:
-                os.close(self.fd)
-                self.fd = None
-        _HELD.pop(self.path.absolute(), None)
+        """Drop this part's lock; the last part of this process drops every lock (closing the
+        descriptor) and deletes the file when no other process holds any part of it."""
+        if self.fd is None or self.released:
+            return
+        self.released = True
+        key = self.key
+        self.parts.discard(self.partition.index)
+        if self.parts:  # sibling parts of this process go on, on the descriptor the first one opened
+            if not self.unsupported:
+                with contextlib.suppress(OSError):
+                    self._unlock(1, PARTS + self.partition.index)
+            return
+        owner = _HELD.get(key)
+        try:
+            if self.unsupported or self._lock(fcntl.LOCK_EX, 0, 0):  # every byte: nobody else is in
+                with contextlib.suppress(OSError):
+                    if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                        os.unlink(self.path)
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
+            if owner is not None:
+                owner.fd = None
+            _HELD.pop(key, None)
 
     # -- taking the locks ---------------------------------------------------------------------
 
@@ -147,7 +181,10 @@ class RunLock:
         except OSError as err:
             if err.errno in (errno.EAGAIN, errno.EACCES):
                 return False
-            raise
+            if err.errno in NO_LOCKS:
+                raise
+            raise OutputError(f"cannot lock {self.path}: {os.strerror(err.errno or 0) or err}; fix: put -o on a local "
+                              f"disk, or on a file system with POSIX locks (docs/scale-out.md, File systems)") from err
 
     def _unlock(self, length: int, start: int) -> None:
         assert self.fd is not None
@@ -184,19 +221,19 @@ class RunLock:
                 raise OutputError(self._refusal(other_split=False))
             if not self._lock(fcntl.LOCK_SH, 1, SPLITS + count):  # only a sibling in the gate could hold it otherwise
                 raise OutputError(self._refusal(other_split=True))
-            self._write_holder()
+            self._write_holder(self.partition)
             return True
         finally:
             self._unlock(1, GATE)
 
     # -- who holds it -------------------------------------------------------------------------
 
-    def _write_holder(self) -> None:
+    def _write_holder(self, partition: Partition) -> None:
         assert self.fd is not None
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "part": self.partition.label,
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "part": partition.label,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         text = json.dumps(record, ensure_ascii=True)[:SLOT - 1].ljust(SLOT - 1) + "\n"
-        os.pwrite(self.fd, text.encode("ascii"), SLOT * self.partition.index)
+        os.pwrite(self.fd, text.encode("ascii"), SLOT * partition.index)
 
     def _holders(self) -> list[tuple[int, Holder]]:
         """Every slot written in the file, with its part index."""

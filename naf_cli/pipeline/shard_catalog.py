@@ -220,7 +220,7 @@ class ShardCatalog:
         """Re-list the folder; returns the published shard files, sorted."""
         present = sorted(p.name for p in self.folder.glob("shard-*.h5") if (owner := shard_owner(p.name)) and not owner.partial)
         for name in present:
-            if name not in self._shards:
+            if name not in self._shards or self._shards[name].unreadable:  # a failed read may pass (EMFILE, ESTALE)
                 self._shards[name] = read_shard_record(self.folder / name)
         for gone in set(self._shards) - set(present):
             del self._shards[gone]
@@ -289,12 +289,20 @@ def record_damaged(folder: Path, entries: Iterable[tuple[str, str, str]]) -> Non
     """Add (image, shard file, reason) entries to ``damaged.json`` (kept: a damaged copy stays damaged)."""
     path = folder / DAMAGED_FILE
     known: dict[tuple[str, str], str] = {}
-    if path.is_file():
-        for entry in json.loads(path.read_text(encoding="utf-8")):
-            known[(str(entry["image"]), str(entry["shard"]))] = str(entry.get("reason", ""))
+    try:
+        if path.is_file():
+            for entry in json.loads(path.read_text(encoding="utf-8")):
+                known[(str(entry["image"]), str(entry["shard"]))] = str(entry.get("reason", ""))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise OutputError(f"{path} cannot be read ({err}); fix: delete it and run naf verify again") from err
     for image, shard, reason in entries:
         known[(image, shard)] = reason
-    write_json_atomic(path, [{"image": image, "shard": shard, "reason": reason} for (image, shard), reason in sorted(known.items())])
+    try:
+        write_json_atomic(path, [{"image": image, "shard": shard, "reason": reason}
+                                 for (image, shard), reason in sorted(known.items())])
+    except OSError as err:
+        raise OutputError(f"cannot record the damaged images in {path}: {os.strerror(err.errno or 0) or err}; fix: make "
+                          f"{folder} writable and run naf verify again (until then a rerun does not know to redo them)") from err
 
 
 @dataclass
@@ -338,7 +346,10 @@ def run_status(parts: Sequence[PartState], done: Iterable[str]) -> RunStatus:
         problem = f"parts of different splits ({', '.join(f'N={n}' for n in counts)})"
     elif len({p.inputs_sha256 for p in current}) > 1:
         problem = "the parts listed different inputs (was the folder changed between their starts?)"
-    complete = bool(current) and not problem and len(finished) == count
+    # every input accounted for: an image whose copy was found damaged or whose shard went missing
+    # is no longer linked, and keeps the run incomplete until it is redone
+    accounted = len(done) + len(skipped) >= inputs
+    complete = bool(current) and not problem and len(finished) == count and accounted
     return RunStatus(count, finished, inputs, sorted(skipped), complete, problem)
 
 
