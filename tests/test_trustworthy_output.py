@@ -230,3 +230,14 @@ def test_a_damaged_image_is_redone_in_its_whole_batch(photos, tmp_path):
     rerun = naf(*batched, str(photos), "-o", str(out))
     assert rerun.returncode == 0 and "wrote 1 image(s)" in rerun.stdout, rerun.stderr
     assert contents(out) == contents(base)
+
+
+def test_pca_names_an_image_it_cannot_read(reference, tmp_path):
+    out = copy_output(reference, tmp_path / "o.h5")
+    missing = sorted(out.with_name("o.h5.shards").glob("shard-*.h5"))[0]
+    with h5py.File(missing, "r") as f:
+        (name,) = dataset_names(f["features"])
+    missing.unlink()
+    result = naf("pca", str(out), "-o", str(tmp_path / "pca"))
+    assert f"skipped {name}: it cannot be read" in result.stderr and "naf info" in result.stderr, result.stderr
+    assert result.returncode == 0 and "wrote 5 PCA pictures" in result.stdout
