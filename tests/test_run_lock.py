@@ -21,11 +21,11 @@ from naf_cli.pipeline.partition import Partition
 from naf_cli.pipeline.run_lock import RunLock
 index, count, fork = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "fork"
 RunLock.acquire(Path(sys.argv[1]), Partition(index, count))
-if fork and os.fork() == 0:  # a child, as a decoding worker is: it inherits the descriptor, not the locks
-    print("child", os.getpid(), flush=True)
+child = os.fork() if fork else -1  # a child, as a decoding worker is: it inherits the descriptor, not the locks
+if child == 0:
     time.sleep(120)
     os._exit(0)
-print("held", os.getpid(), flush=True)
+print("held", child, flush=True)
 time.sleep(120)
 """
 
@@ -37,11 +37,9 @@ class Holder:
         self.process = subprocess.Popen([sys.executable, "-c", HOLD, str(output), str(index), str(count),
                                          "fork" if fork else "-"], stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
-        self.child = None
-        for _ in range(2 if fork else 1):
-            word, pid = self.process.stdout.readline().split()
-            if word == "child":
-                self.child = int(pid)
+        line = self.process.stdout.readline().split()
+        assert line[0] == "held", line
+        self.child = int(line[1]) if fork else None
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
