@@ -11,12 +11,13 @@ From a clone: ``torch.hub.load("path/to/naf-cli", "naf", source="local")``.
 dependencies = ["torch", "timm", "safetensors"]
 
 
-def naf(pretrained: bool = True, checkpoint: str = "effnet-lite0"):
+def naf(pretrained: bool = True, checkpoint: str | None = None):
     """NAF (Neighborhood Attention Filtering): upsamples any backbone's features, guided by the image.
 
     Args:
         pretrained: load weights (``False``: the architecture, randomly initialised).
-        checkpoint: a name of ``naf models`` (``effnet-lite0``, ``release``), a weights file or a URL.
+        checkpoint: a name of ``naf models`` (``effnet-lite0-lite1``, ``effnet-lite0``, ``release``), a weights
+            file or a URL; None: naf-cli's default checkpoint (``naf_cli.defaults.DEFAULT_NAF``).
     """
     from naf_cli.checkpoints import load_naf
     from naf_cli.modeling import NAF

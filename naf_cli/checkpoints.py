@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from naf_cli.defaults import DEFAULT_DENOISER, DEFAULT_NAF
 from naf_cli.errors import WeightsError
 from naf_cli.modeling.naf import NAF
 from naf_cli.modeling.restoration import Denoiser
@@ -23,7 +24,6 @@ from naf_cli.package_files import package_file
 from naf_cli.weight_files import describe_mismatch, read_state_dict, shorten
 
 DEFAULT_CHECKPOINT = "naf-effnet-lite0-lite1.safetensors"
-DEFAULT_DENOISER = "mixed"
 CHECKPOINT_FIX = "pass a checkpoint name (naf models), a NAF weights file (.safetensors or .pth) or a URL"
 RELEASE_URL = "https://github.com/valeoai/NAF/releases/download/model/naf_release.pth"
 # NAF constructor parameters a checkpoint's metadata may set
@@ -45,7 +45,7 @@ class CheckpointEntry:
 
 
 CHECKPOINTS: dict[str, CheckpointEntry] = {entry.name: entry for entry in (
-    CheckpointEntry("effnet-lite0-lite1", "the default: trained here from scratch on lite0 and lite1 features at x2 "
+    CheckpointEntry(DEFAULT_NAF, "the default: trained here from scratch on lite0 and lite1 features at x2 "
                     "and x4 (second stage, 8000 CPU steps, training photos only)", file=DEFAULT_CHECKPOINT, card="naf-effnet-lite0-lite1.md"),
     CheckpointEntry("effnet-lite0", "trained here at x2 only on effnet-lite0 features (CPU, 1200 steps): best at x2",
                     file="naf-effnet-lite0.safetensors", card="naf-effnet-lite0.md"),

@@ -61,11 +61,16 @@ def test_a_checkpoint_carries_its_architecture(tmp_path):
 
 
 def test_hubconf_gives_our_naf_with_our_weights():
-    shipped = load_naf("effnet-lite0")
+    from naf_cli.defaults import DEFAULT_NAF
+
     hub = torch.hub.load(str(REPO), "naf", source="local", trust_repo=True)
     assert isinstance(hub, NAF)
-    for key, value in shipped.state_dict().items():
+    for key, value in load_naf(DEFAULT_NAF).state_dict().items():  # the default, as the CLI's
         assert torch.equal(hub.state_dict()[key], value)
+    named = torch.hub.load(str(REPO), "naf", source="local", trust_repo=True, checkpoint="effnet-lite0")
+    shipped = load_naf("effnet-lite0")
+    assert all(torch.equal(named.state_dict()[key], value) for key, value in shipped.state_dict().items())
+    assert any(not torch.equal(named.state_dict()[key], value) for key, value in hub.state_dict().items())  # two weights
 
 
 def test_naf_models_lists_the_checkpoints_with_their_cards():

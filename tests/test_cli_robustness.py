@@ -172,7 +172,12 @@ def test_help_and_version_do_not_import_torch():
     (["--scale", "inf"], "--scale must be a finite number above 0"),
     (["--scale", "0"], "--scale must be a finite number above 0"),
     (["--scale", "-2"], "--scale must be a finite number above 0"),
-    (["--long-side", "0"], "--long-side must be a finite number above 0"),
+    (["--long-side", "0"], "--long-side must be a finite number above 0, got 0; fix: pass e.g. --long-side 448"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0; fix: --batch-size 1"),
+    (["--workers", "-1"], "--workers must be 0 or more, got -1; fix: e.g. --workers 2"),
+    (["--max-memory", "abc"], "got 'abc'; fix: e.g. --max-memory 8G"),
+    (["--shard-images", "0"], "--shard-images must be at least 1, got 0; fix: e.g. --shard-images 100"),
+    (["--output-size", "0x5"], "fix: e.g. --output-size 448x448"),
     (["--long-side", "-5"], "--long-side must be a finite number above 0"),
     (["--scale", "1000"], "fix: a smaller --scale"),
     (["--output-size", "12xq"], "--output-size must be grid, image or HxW"),
@@ -254,3 +259,15 @@ def test_every_default_written_in_an_option_help_is_shown():
             assert " ".join(default.split()) in shown, (name, default)
             checked += 1
     assert checked >= 8
+
+
+def test_eval_on_a_folder_without_the_split_photos_says_what_to_do(tmp_path, examples_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = naf("eval", str(empty), "--split", "all")
+    assert result.returncode == 2 and "no photos in" in result.stderr and "fix:" in result.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "my-photo.jpg").write_bytes((examples_dir / "rocket.jpg").read_bytes())  # a name the split does not hold
+    result = naf("eval", str(mine), "--split", "validation")
+    assert result.returncode == 2 and "--split all" in result.stderr and "shared" not in result.stderr, result.stderr

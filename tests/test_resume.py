@@ -179,3 +179,15 @@ def test_a_batch_that_does_not_fit_is_split(photos, tmp_path):
     assert summary.done == 6
     assert [len(b) for b in transform.batches] == [1, 2, 1, 2]  # 6 -> 3 + 3 -> (1 + 2) + (1 + 2)
     assert sum("does not fit in memory" in w for w in warnings) == 1
+
+
+def test_a_resume_with_nothing_to_do_says_so_and_keeps_the_start_time(tmp_path, examples_dir):
+    out = tmp_path / "o.h5"
+    assert naf("extract", str(examples_dir), "-o", str(out)).returncode == 0
+    with h5py.File(out, "r") as f:
+        created = f.attrs["created"]
+    again = naf("extract", str(examples_dir), "-o", str(out))
+    assert again.returncode == 0 and "0 of 4 (4 done by an earlier run)" in again.stderr, again.stderr
+    assert "nothing left to compute" in again.stderr and "images/s" not in again.stderr
+    with h5py.File(out, "r") as f:
+        assert f.attrs["created"] == created

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from naf_cli.cli.options import Device, FilesFrom, Glob, Strict
+from naf_cli.defaults import DEFAULT_DENOISER
 
 
 def denoise(
@@ -17,8 +18,8 @@ def denoise(
         "-o", "--output", help="Output file (one input) or folder; default: NAME.denoised.EXT beside each input.",
         show_default=False)] = None,
     checkpoint: Annotated[str, typer.Option(
-        "--checkpoint", help="Denoising weights: mixed (Gaussian, salt-and-pepper and both; see `naf models`), a file "
-        "(naf train --task denoise) or a URL.")] = "mixed",
+        "--checkpoint", help=f"Denoising weights: {DEFAULT_DENOISER} (Gaussian, salt-and-pepper and both; see `naf models`), "
+        "a file (naf train --task denoise) or a URL.")] = DEFAULT_DENOISER,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (otherwise they are kept).")] = False,
     jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", help="Quality of JPEG outputs (1-100).")] = 95,
     max_memory: Annotated[Optional[str], typer.Option(

@@ -13,7 +13,7 @@ SPLIT_FILE = "photo-split.json"
 
 
 def eval_(
-    photos: Annotated[Path, typer.Argument(help="Folder of photos (e.g. ../shared/photos/train).", show_default=False)],
+    photos: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).", show_default=False)],
     vfm: Annotated[str, typer.Option("--vfm", help="Backbone whose features are reconstructed (see `naf models`).")] = "effnet-lite0",
     task: Annotated[str, typer.Option("--task", help="upsample: the feature reconstruction protocol; denoise: PSNR and "
                                       "SSIM under fixed synthetic noise against tuned classical denoisers (docs/quality.md).")] = "upsample",
@@ -99,8 +99,11 @@ def select_photos(folder: Path, split: str) -> list[Path]:
         chosen = [p for p in paths if p.name in names]
     else:
         raise OptionError(f"--split {split} does not exist; fix: use all, train or validation")
+    if not chosen and split == "all":
+        raise OptionError(f"no photos in {folder}; fix: pass a folder of .jpg/.png photos")
     if not chosen:
-        raise OptionError(f"no photos of the {split} split in {folder}; fix: pass the folder the split names (../shared/photos/train)")
+        raise OptionError(f"none of the {split} photos of the shipped split (models/photo-split.json) is in {folder}; fix: "
+                          f"--split all to evaluate on your own photos")
     return chosen
 
 

@@ -96,12 +96,17 @@ def run_job(options: JobOptions, upsample: UpsampleOptions | None) -> int:
     from naf_cli.backbones import get_spec
     from naf_cli.pipeline import HDF5FeatureSink, OutputSize
     from naf_cli.pipeline.memory import parse_bytes
+    from naf_cli.pipeline.run import check_batch_size
     from naf_cli.pipeline.sizes import check_positive
     from naf_cli.upsamplers import get_factory
 
     # 1. options and paths: nothing loaded, nothing written
     split = Split.of(options)
     check_positive("--long-side", options.long_side)
+    check_batch_size(options.batch_size)
+    if options.workers is not None and options.workers < 0:
+        raise OptionError(f"--workers must be 0 or more, got {options.workers}; fix: e.g. --workers 2, or 0 to decode "
+                          f"in the main process")
     limit = parse_bytes(upsample.max_memory) if upsample else None
     rule = OutputSize.parse(upsample.output_size, upsample.scale) if upsample else None
     spec = get_spec(options.vfm)
@@ -198,8 +203,6 @@ def _run(source: ImageSource, transform: Transform, sink: HDF5FeatureSink, optio
     from naf_cli.pipeline.progress import SilentProgress
     from naf_cli.pipeline.run import run_pipeline
 
-    if options.workers is not None and options.workers < 0:
-        raise OptionError(f"--workers must be 0 or more, got {options.workers}")
     partition = split.partition
     if split.rank is not None:
         _start_ranks(split.rank, source, transform, sink, options)
@@ -253,9 +256,11 @@ def _print_summary(summary: RunSummary) -> None:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("done", f"{summary.done} of {summary.total}")
+    earlier = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""
+    table.add_row("done", f"{summary.done} of {summary.total}{earlier}")
     table.add_row("skipped", str(len(summary.skipped)))
-    table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)")
+    rate = f" ({summary.images_per_second:.2f} images/s)" if summary.done else " (nothing left to compute)"
+    table.add_row("time", f"{summary.seconds:.1f} s{rate}")
     table.add_row("model busy", f"{100 * summary.busy_fraction:.0f}% (compute {summary.compute_seconds:.1f} s; decode "
                                 f"{summary.decode_seconds:.1f} s and write {summary.write_seconds:.1f} s overlapped)")
     table.add_row("peak memory", gib(summary.peak_memory_bytes))

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from naf_cli.defaults import DEFAULT_NAF
+
 Inputs = Annotated[
     Optional[list[Path]],
     typer.Argument(help="Image folders (searched recursively) and image files.", show_default=False),
@@ -28,8 +30,8 @@ BackbonePrecision = Annotated[
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
 Checkpoint = Annotated[
     Optional[str],
-    typer.Option("--checkpoint", help="NAF weights: a name of `naf models` (effnet-lite0, release), a file (.safetensors or "
-                 ".pth) or a URL (fetched once into the torch hub cache); default: effnet-lite0."),
+    typer.Option("--checkpoint", help=f"NAF weights: a name of `naf models` ({DEFAULT_NAF}, effnet-lite0, release), a file "
+                 f"(.safetensors or .pth) or a URL (fetched once into the torch hub cache); default: {DEFAULT_NAF}."),
 ]
 LongSide = Annotated[int, typer.Option("--long-side", help="Long side of the backbone input in pixels (sides rounded to the patch size).")]
 Glob = Annotated[

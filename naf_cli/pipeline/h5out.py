@@ -120,7 +120,8 @@ class HDF5FeatureSink:
         if compression not in COMPRESSIONS:
             raise OutputError(f"unknown --compression {compression}; fix: use none, gzip or lzf")
         if shard_images is not None and shard_images < 1:
-            raise OutputError(f"--shard-images must be at least 1, got {shard_images}")
+            raise OutputError(f"--shard-images must be at least 1, got {shard_images}; fix: e.g. --shard-images 100, or "
+                              f"leave it out (a shard every 30 s)")
         if self.output.is_dir():
             raise OutputError(f"-o {self.output} is a folder; fix: name an .h5 file, e.g. -o {self.output / 'features.h5'}")
         if not self.output.parent.is_dir():
@@ -300,13 +301,25 @@ class HDF5FeatureSink:
     def begin(self, attrs: Mapping[str, object], names: Sequence[str] = ()) -> None:
         """Remember the run's attributes for the index; ``names`` are every input of the whole run
         (each part lists them all; parts that list different inputs cannot complete the run)."""
-        self.attrs = {"format_version": FORMAT_VERSION, "producer": f"naf-cli {naf_cli.__version__}",
-                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created = self._created_by_run() or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.attrs = {"format_version": FORMAT_VERSION, "producer": f"naf-cli {naf_cli.__version__}", "created": created,
                       "out_dtype": self.dtype, "compression": self.compression, **attrs}
         self._part = PartState(self.partition, False, len(names), inputs_digest(names))
         self._part.write(self.shards)
         if self.catalog.links():
             self._write_index()
+
+    def _created_by_run(self) -> str | None:
+        """When this run first started, as its index says (a resume keeps it), if the index is its own."""
+        if self.record is None or not self.output.is_file():
+            return None
+        try:
+            with h5py.File(self.output, "r") as index:
+                if str(index.attrs.get("run_id", "")) == self.record.run_id:
+                    return str(index.attrs["created"])
+        except (OSError, KeyError):
+            pass
+        return None
 
     def _open_shard(self) -> h5py.File:
         assert self.record is not None, "prepare() first"

@@ -64,5 +64,5 @@ def parse_bytes(text: str | None) -> int | None:
     except ValueError:
         value = -1.0
     if not value > 0 or value != value or value == float("inf"):
-        raise OptionError(f"--max-memory must be a size such as 512M or 4G, got '{text}'")
+        raise OptionError(f"--max-memory must be a size such as 512M or 4G, got '{text}'; fix: e.g. --max-memory 8G")
     return int(value)

@@ -107,8 +107,7 @@ def run_pipeline(
     its own shards of the same output; the run is complete when every part has finished
     (``summary.status``), whatever process finishes last.
     """
-    if batch_size < 1:
-        raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     progress = progress or TqdmProgress()
     starts = partition.group_starts(len(source), batch_size)
     mine = [item for start in starts for item in source.items[start:start + batch_size]]
@@ -121,13 +120,11 @@ def run_pipeline(
                    names=[item.name for item in source])
         for notice in sink.notices:
             progress.warn(notice)
-        progress.start(len(mine), description or transform.kind)
+        summary.resumed = sum(item.name in already_done for item in mine)
         if already_done:
             progress.warn(f"resuming {sink.output}: {len(already_done)} image(s) already done are not redone")
-        for item in mine:
-            if item.name in already_done:
-                summary.resumed += 1
-                progress.advance(item.name)
+        # progress counts the work left, so its rate and time left are this run's
+        progress.start(len(mine) - summary.resumed, description or transform.kind)
         workers = default_workers() if workers is None else workers
         # batches come from fixed groups of the global name order, whatever is already done and
         # whatever the split, so every image is computed exactly as in one uninterrupted run; a
@@ -188,6 +185,11 @@ def run_pipeline(
     sink.finish()
     summary.status = sink.status
     return summary
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}; fix: --batch-size 1 (or 8 on a GPU)")
 
 
 # attributes that name where things were read from; their content hashes are compared instead

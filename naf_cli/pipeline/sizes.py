@@ -37,10 +37,16 @@ def output_size(feature_hw: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(feature_hw[0] * scale)), max(1, round(feature_hw[1] * scale))
 
 
+# a sensible value of each option checked by ``check_positive``, for the fix its error suggests
+TYPICAL = {"--long-side": 448, "--scale": 16, "--ratio": 16, "--channels": 384, "--lr-size": 28, "--image-size": 448,
+           "--batch": 1, "--repeats": 3, "--fit-images": 64, "--samples": 20000, "--height": 256}
+
+
 def check_positive(option: str, value: float) -> None:
     """OptionError unless ``value`` is a finite number above zero."""
     if not math.isfinite(value) or value <= 0:
-        raise OptionError(f"{option} must be a finite number above 0, got {value}; fix: pass e.g. {option} 16")
+        example = f"e.g. {option} {TYPICAL[option]}" if option in TYPICAL else "a number above 0"
+        raise OptionError(f"{option} must be a finite number above 0, got {value}; fix: pass {example}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,8 @@ class OutputSize:
             return cls("image")
         match = re.fullmatch(r"(\d+)\s*x\s*(\d+)", text)
         if not match or int(match[1]) < 1 or int(match[2]) < 1:
-            raise OptionError(f"--output-size must be grid, image or HxW with positive integers (e.g. 448x448), got '{text}'")
+            raise OptionError(f"--output-size must be grid, image or HxW with positive integers, got '{text}'; fix: e.g. "
+                              f"--output-size 448x448, --output-size image, or --output-size grid --scale 16")
         return cls("fixed", fixed=(int(match[1]), int(match[2])))
 
     def resolve(self, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[int, int]:
