@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -63,6 +64,15 @@ def read_bytes(path: Path) -> bytes:
         raise ImageReadError(f"cannot read {path}: broken symbolic link (to {os.readlink(path)}); fix: repair or remove the link")
     if path.is_dir():
         raise ImageReadError(f"cannot read {path}: it is a directory, not an image; fix: rename it or narrow --glob")
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise ImageReadError(f"cannot read {path}: {err.strerror or err}; fix: check that the file exists and is readable") from err
+    if not stat.S_ISREG(mode):
+        # a FIFO or a device would block the read (or never end): never opened
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise ImageReadError(f"cannot read {path}: it is {kind}, not a regular file; fix: remove it from the inputs or "
+                             f"narrow --glob")
     try:
         data = path.read_bytes()
     except OSError as err:

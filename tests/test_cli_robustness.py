@@ -271,3 +271,34 @@ def test_eval_on_a_folder_without_the_split_photos_says_what_to_do(tmp_path, exa
     (mine / "my-photo.jpg").write_bytes((examples_dir / "rocket.jpg").read_bytes())  # a name the split does not hold
     result = naf("eval", str(mine), "--split", "validation")
     assert result.returncode == 2 and "--split all" in result.stderr and "shared" not in result.stderr, result.stderr
+
+
+def test_a_fifo_named_like_an_image_is_skipped_never_opened(tmp_path, examples_dir):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(examples_dir / "coffee.jpg").resize((48, 32)).save(folder / "small.png")
+    os.mkfifo(folder / "x.png")  # opening it for reading would block until a writer comes: forever
+    for args in (["extract", str(folder), "-o", str(tmp_path / "a.h5")],
+                 ["extract", str(folder / "x.png"), str(folder / "small.png"), "-o", str(tmp_path / "b.h5")],
+                 ["denoise", str(folder), "-o", str(tmp_path / "out")]):
+        result = naf(*args, timeout=300)
+        assert result.returncode == 3, (args, result.stderr)
+        assert f"{folder / 'x.png'}: it is a named pipe (FIFO), not a regular file; fix:" in result.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["pca", "photo.png"], "error: Missing option '-o' / '--output'; fix: see "),
+    (["upsample", "x", "--scale", "abc"], "error: Invalid value for '--scale'"),
+    (["upsample", "x", "--bogus"], "error: No such option: --bogus; fix: see "),
+    (["nosuch"], "error: No such command 'nosuch'; fix: see "),
+    (["bench", "--ratio", "abc"], "error: Invalid value for '--ratio'"),
+])
+def test_usage_errors_the_parser_finds_are_one_line_too(args, words):
+    result = naf(*args, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and words in lines[0], result.stderr
+    command = "" if args[0] == "nosuch" else f" {args[0]}"
+    assert lines[0].endswith(f"naf_cli{command} --help"), lines[0]  # run here as `python -m naf_cli`
+    assert "╭" not in result.stderr and "Traceback" not in result.stderr

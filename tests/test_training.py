@@ -137,3 +137,17 @@ def test_cosine_schedule_runs_from_lr_to_zero():
     assert learning_rate("cosine", 1e-3, 50, 100) == pytest.approx(5e-4)
     assert learning_rate("cosine", 1e-3, 100, 100) == pytest.approx(0, abs=1e-12)
     assert learning_rate("constant", 1e-3, 77, 100) == 1e-3
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--steps", "0"], "--steps must be at least 1, got 0; fix: e.g. --steps 600"),
+    (["--steps", "-5"], "--steps must be at least 1, got -5"),
+    (["--crop", "0"], "--crop must be at least 1, got 0; fix: e.g. --crop 512"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--lr", "0"], "--lr must be a finite number above 0"),
+    (["--validate-every", "-1"], "--validate-every must be 0 (never) or more"),
+])
+def test_nonsense_training_options_are_refused_before_anything_is_written(tmp_path, examples_dir, args, words):
+    result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2 and words in result.stderr, result.stderr
+    assert not (tmp_path / "r").exists()  # no untrained naf.safetensors

@@ -46,6 +46,8 @@ def _cli_exceptions() -> tuple[type[BaseException], ...]:
 
 
 PASSED_THROUGH = _cli_exceptions()
+# the parser's errors: ClickException of the click Typer uses (vendored from Typer 0.2x on)
+CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -90,10 +92,30 @@ def spread_greedy_options(args: list[str]) -> list[str]:
 
 
 class NafGroup(TyperGroup):
-    """Runs a subcommand; any exception it raises becomes one line on stderr and an exit code."""
+    """Runs a subcommand; any exception it raises becomes one line on stderr and an exit code,
+    usage errors the parser finds included (the same ``error: ...; fix: ...`` line, exit 2)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, spread_greedy_options(list(args)))
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,  # type: ignore[override]
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        except CLICK_ERROR as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # `naf` alone: the help, as Typer shows it
+                context = getattr(err, "ctx", None)
+                print(context.get_help() if context is not None else "", file=sys.stderr)
+            else:
+                print(usage_line(err), file=sys.stderr, flush=True)
+            sys.exit(getattr(err, "exit_code", 2))
+        sys.exit(code if isinstance(code, int) else 0)
+
 
     def invoke(self, ctx: Any) -> Any:
         _install_signal_handlers()
@@ -112,6 +134,15 @@ class NafGroup(TyperGroup):
             code, line = describe(err)
             print(line, file=sys.stderr, flush=True)
             raise typer.Exit(code) from None
+
+
+def usage_line(err: BaseException) -> str:
+    """One line for an error the parser found: what, and where the options are described."""
+    format_message = getattr(err, "format_message", None)
+    message = (format_message() if callable(format_message) else str(err)).strip().replace("\n", " ")
+    context = getattr(err, "ctx", None)
+    where = context.command_path if context is not None else "naf"
+    return f"error: {message.rstrip('.')}; fix: see {where} --help"
 
 
 app = typer.Typer(

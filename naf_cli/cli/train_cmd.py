@@ -59,6 +59,14 @@ def train(
     from naf_cli.errors import OptionError
     from naf_cli.training import TrainConfig
 
+    for name, value, example in (("--steps", steps, 600), ("--batch-size", batch_size, 4), ("--crop", crop, 512),
+                                 ("--checkpoint-every", checkpoint_every, 25)):
+        if value is not None and value < 1:
+            raise OptionError(f"{name} must be at least 1, got {value}; fix: e.g. {name} {example}")
+    if not lr > 0 or lr == float("inf"):
+        raise OptionError(f"--lr must be a finite number above 0, got {lr}; fix: e.g. --lr 2e-4")
+    if validate_every < 0:
+        raise OptionError(f"--validate-every must be 0 (never) or more, got {validate_every}; fix: e.g. --validate-every 250")
     if max_minutes is not None and max_minutes <= 0:
         raise OptionError(f"--max-minutes {max_minutes:g} must be positive; fix: e.g. --max-minutes 9")
     from naf_cli.training.steps import LR_SCHEDULES
