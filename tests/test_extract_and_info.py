@@ -65,6 +65,7 @@ def test_info_summarises_the_file(extracted):
     assert text.returncode == 0
     for words in ("effnet-lite0", "images done", "4", "float16", "naf extract"):
         assert words in text.stdout
+    assert summary["backbone"]["backbone_weights_sha256"] in text.stdout  # piped: whole, never cut or wrapped
 
 
 def test_info_names_skipped_inputs_and_refuses_non_hdf5(tmp_path, examples_dir):

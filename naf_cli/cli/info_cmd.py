@@ -31,12 +31,12 @@ def info(
 
 
 def _render(summary: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from naf_cli.cli.progress import stdout_console
     from naf_cli.pipeline.memory import human_bytes
 
-    console = Console(soft_wrap=True, highlight=False)
+    console = stdout_console()
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")  # hashes and paths are folded, never cut

@@ -100,6 +100,15 @@ def stderr_console() -> Console:
     return Console(stderr=True, soft_wrap=True, highlight=False)
 
 
+# when stdout is piped or redirected, tables are this wide at most, so no hash, name or path is cut
+PIPED_WIDTH = 1000
+
+
+def stdout_console() -> Console:
+    """Results on stdout: the terminal's width, or wide enough that nothing is cut or wrapped when piped."""
+    return Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
+
+
 def make_progress() -> RichProgress | PlainProgress:
     """Rich when stderr is a terminal, plain flushed lines otherwise."""
     if sys.stderr.isatty():
