@@ -265,3 +265,32 @@ def test_naf_eval_denoise_blur_row_matches_an_independent_computation(tmp_path, 
     expected = 10 * math.log10(1 / float((blurred.double() - clean.double()).square().mean()))
     assert scores[("gaussian-blur", "gaussian 0.5")]["psnr"] == pytest.approx(expected, abs=1e-6)
     assert scores[("noisy input", "gaussian 0.5")]["psnr"] < scores[("naf (mixed)", "gaussian 0.5")]["psnr"]
+
+
+def test_naf_denoise_write_failures_are_one_line_with_the_right_exit_code(tmp_path, examples_dir):
+    import resource
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, size in (("a.png", (40, 30)), ("b.png", (40, 30)), ("c.png", (600, 600))):
+        Image.open(examples_dir / "coffee.jpg").convert("RGB").resize(size).save(folder / name)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    existing = naf("denoise", str(folder / "a.png"), "-o", str(notes))  # one input, -o an existing non-image file
+    assert existing.returncode == 2 and "is an existing file" in existing.stderr and "fix:" in existing.stderr
+    assert len(existing.stderr.strip().splitlines()) == 1 and notes.read_text() == "precious"
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".a.png.tmp999999999"  # left by a killed write (no such process)
+    stale.write_bytes(b"half")
+
+    def limit() -> None:  # writes past 100 kB fail (EFBIG), like a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    full = subprocess.run([sys.executable, "-m", "naf_cli", "denoise", str(folder), "-o", str(out)], capture_output=True,
+                          text=True, timeout=600, preexec_fn=limit)
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert full.returncode == 1 and len(errors) == 1 and "c.png" in errors[0] and "free disk space" in errors[0], full.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]  # finished outputs kept, no temporary left

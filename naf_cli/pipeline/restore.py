@@ -21,7 +21,7 @@ from naf_cli.errors import ImageReadError, OutputError, RunError
 from naf_cli.images import DecodedImage, read_image
 from naf_cli.modeling.restoration import Denoiser
 from naf_cli.modeling.restoration_tiles import denoise_in_tiles, whole_image_bytes
-from naf_cli.pipeline.image_sink import FORMATS, write_image
+from naf_cli.pipeline.image_sink import FORMATS, write_failure, write_image
 from naf_cli.pipeline.progress import Progress
 from naf_cli.pipeline.sources import ImageSource, InputItem
 
@@ -103,6 +103,10 @@ def denoise_files(
     single = len(items) == 1 and len(source.items) == 1 and not source.items[0].path.is_dir()
     if output is not None and single and output.suffix.lower() in FORMATS and output.is_dir():
         raise OutputError(f"{output} is a folder; fix: pass a file name, or a folder without an image suffix")
+    if output is not None and output.exists() and not output.is_dir() and not (single and output.suffix.lower() in FORMATS):
+        raise OutputError(f"-o {output} is an existing file, and the results need a folder; fix: choose a folder name "
+                          f"for -o (it is created)")
+    _check_writable({output_path(item, output, single).parent for item in items})
     summary = DenoiseSummary()
     started = time.perf_counter()
     pending: list[tuple[InputItem, Path, DecodedImage]] = []
@@ -151,6 +155,20 @@ def denoise_files(
     return summary
 
 
+def _check_writable(folders: set[Path]) -> None:
+    """OutputError, before any work, for a result folder that cannot be written (read-only file
+    system, permissions): the nearest existing folder on its path must be writable."""
+    for folder in sorted(folders):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write into {existing}: it is read-only for this user; fix: choose another -o "
+                              f"folder, or make it writable")
+        if existing.exists() and not existing.is_dir():
+            raise OutputError(f"cannot create {folder}: {existing} is a file; fix: choose another -o folder")
+
+
 def _write(restored: torch.Tensor, decoded: DecodedImage, target: Path, quality: int) -> None:
     bit_depth = decoded.bit_depth
     if target.suffix.lower() in (".jpg", ".jpeg"):
@@ -159,5 +177,8 @@ def _write(restored: torch.Tensor, decoded: DecodedImage, target: Path, quality:
             raise OutputError(f"cannot write {target}: JPEG holds no alpha; fix: write .png (-o DIR/NAME.png)")
     if target.suffix.lower() in (".tif", ".tiff") and restored.shape[0] != 1:
         bit_depth = 8
-    os.makedirs(target.parent, exist_ok=True)
+    try:
+        os.makedirs(target.parent, exist_ok=True)
+    except OSError as err:
+        raise write_failure(target, err) from err
     write_image(target, restored, bit_depth, decoded.exif, quality)
