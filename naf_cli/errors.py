@@ -8,6 +8,11 @@ failed once work had started.
 from __future__ import annotations
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's first line (HDF5's run to many), or its type when it says nothing."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 class NafError(Exception):
     """An error a user can fix. ``str(err)`` says what went wrong and how to fix it."""
 

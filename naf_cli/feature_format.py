@@ -8,6 +8,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from naf_cli.errors import first_line
+
 FEATURES_GROUP = "features"
 # 3: a run id and settings fingerprint bound into every shard and its name, fletcher32 checksums,
 # the lock file, damaged.json. Readers still read version 2.
@@ -38,7 +40,7 @@ def list_entries(group: h5py.Group, prefix: str = "") -> list[tuple[str, str]]:
         try:
             node = group.get(key)
         except (OSError, KeyError, ValueError) as err:
-            entries.append((name, f"cannot be opened ({str(err).splitlines()[0] if str(err) else type(err).__name__})"))
+            entries.append((name, f"cannot be opened ({first_line(err)})"))
             continue
         if isinstance(node, h5py.Dataset):
             entries.append((name, ""))

@@ -15,16 +15,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from naf_cli.errors import NafError
+from naf_cli.errors import NafError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, list_entries, plain_attr
 
 FIX = "fix: pass an .h5 file written by naf extract or naf upsample (docs/format.md)"
 UNREADABLE_FIX = ("fix: keep the file and its .shards folder together, or rerun the command that wrote it (it redoes "
                   "missing images); naf info lists every problem")
 
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 class FeatureFile(Mapping[str, np.ndarray]):
@@ -76,7 +73,7 @@ class FeatureFile(Mapping[str, np.ndarray]):
         try:
             node = self._handle()[FEATURES_GROUP][name]
         except (KeyError, OSError) as err:
-            raise NafError(f"image {name} of {self.path} cannot be read ({_first_line(err)}); {UNREADABLE_FIX}") from err
+            raise NafError(f"image {name} of {self.path} cannot be read ({first_line(err)}); {UNREADABLE_FIX}") from err
         if not isinstance(node, h5py.Dataset):
             raise KeyError(name)
         return node
@@ -86,7 +83,7 @@ class FeatureFile(Mapping[str, np.ndarray]):
         try:
             return dataset[()]
         except OSError as err:  # a chunk whose checksum fails, or a shard truncated on disk
-            raise NafError(f"image {name} of {self.path} is damaged ({_first_line(err)}); fix: run naf verify "
+            raise NafError(f"image {name} of {self.path} is damaged ({first_line(err)}); fix: run naf verify "
                            f"{self.path}, then rerun the command that wrote it to redo the damaged images") from err
 
     def image_attrs(self, name: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from naf_cli.errors import DamagedOutput, NafError
+from naf_cli.errors import DamagedOutput, NafError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, plain_attr
 from naf_cli.pipeline.integrity import Problem
 
@@ -53,7 +53,7 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise DamagedOutput(f"{path} cannot be opened, it is truncated or damaged ({reason}); fix: rerun the command that "
                             f"wrote it, which rebuilds the index from its shards (or restore it from a copy)") from err
     with handle:

@@ -17,7 +17,7 @@ from typing import Any
 
 import h5py
 
-from naf_cli.errors import NafError
+from naf_cli.errors import NafError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, list_entries, plain_attr
 from naf_cli.pipeline.progress import Progress, SilentProgress
 from naf_cli.pipeline.shard_catalog import SHARD_FINGERPRINT, SHARD_RUN_ID, read_damaged, record_damaged, shard_owner
@@ -130,7 +130,7 @@ def _recorded_damaged(images: Iterable[LinkedImage]) -> list[str]:
         if folder not in recorded:
             try:
                 recorded[folder] = read_damaged(folder)
-            except Exception:
+            except NafError:  # an unreadable damaged.json: naf verify says so when it rewrites it
                 recorded[folder] = set()
         if (image.name, image.file.name) in recorded[folder]:
             damaged.append(image.name)
@@ -168,7 +168,7 @@ def verify(path: Path, progress: Progress | None = None) -> VerifyReport:
                 for selection in chunks:
                     report.bytes_read += dataset[selection].nbytes
             except (OSError, KeyError, ValueError) as err:
-                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                reason = first_line(err)
                 report.damaged.append((image.name, image.file, reason))
             report.checked += 1
             progress.advance(image.name)

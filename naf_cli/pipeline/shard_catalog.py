@@ -31,7 +31,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from naf_cli.errors import OutputError, RunError
+from naf_cli.errors import OutputError, RunError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, as_attr, list_datasets, plain_attr
 from naf_cli.pipeline.disk import check_room, fsync_path, write_json_atomic, writer_id
 from naf_cli.pipeline.partition import Partition
@@ -193,7 +193,7 @@ def read_shard_record(path: Path) -> ShardRecord:
             return ShardRecord(str(plain_attr(attrs.get(SHARD_RUN_ID, ""))), str(plain_attr(attrs.get(SHARD_FINGERPRINT, ""))),
                                str(plain_attr(attrs.get(SHARD_SETTINGS, ""))), tuple(list_datasets(handle[FEATURES_GROUP])))
     except (OSError, KeyError, ValueError) as err:
-        return ShardRecord(unreadable=str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return ShardRecord(unreadable=first_line(err))
 
 
 class ShardCatalog:
