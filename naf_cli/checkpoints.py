@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import torch
 
 from naf_cli.defaults import DEFAULT_DENOISER, DEFAULT_NAF
+from naf_cli.disk import replacing
 from naf_cli.errors import WeightsError
 from naf_cli.modeling.naf import NAF
 from naf_cli.modeling.restoration import Denoiser
@@ -165,9 +166,8 @@ def save_naf(model: NAF, path: Path, metadata: dict[str, str] | None = None) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        save_file(state, str(tmp), metadata={"architecture": json.dumps(model.architecture()), **(metadata or {})})
-    else:
-        torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        if path.suffix == ".safetensors":
+            save_file(state, str(tmp), metadata={"architecture": json.dumps(model.architecture()), **(metadata or {})})
+        else:
+            torch.save(state, tmp)

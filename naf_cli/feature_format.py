@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,22 @@ def list_entries(group: h5py.Group, prefix: str = "") -> list[tuple[str, str]]:
         elif isinstance(link, h5py.ExternalLink):
             entries.append((name, f"cannot be opened in {folder / link.filename}"))
     return entries
+
+
+def string_array(values: Sequence[str]) -> np.ndarray:
+    """Variable-length UTF-8 strings, as an attribute every HDF5 reader gets as a list of text."""
+    return np.array(list(values), dtype=h5py.string_dtype())
+
+
+def read_skipped(attrs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(image, reason) of every skipped input: the ``skipped_images`` and ``skipped_reasons``
+    string arrays (a file of an early version 3 writer holds one JSON string instead)."""
+    names = attrs.get("skipped_images", ())
+    if isinstance(names, (str, bytes)):
+        return [(str(e["image"]), str(e["reason"])) for e in json.loads(plain_attr(names) or "[]")]
+    reasons = [str(plain_attr(r)) for r in attrs.get("skipped_reasons", ())]
+    names = [str(plain_attr(n)) for n in names]
+    return list(zip(names, reasons + [""] * (len(names) - len(reasons)), strict=True))
 
 
 def plain_attr(value: Any) -> Any:

@@ -269,6 +269,7 @@ def test_naf_eval_denoise_blur_row_matches_an_independent_computation(tmp_path, 
 
 def test_naf_denoise_write_failures_are_one_line_with_the_right_exit_code(tmp_path, examples_dir):
     import resource
+    import socket
     import subprocess
     import sys
 
@@ -283,7 +284,7 @@ def test_naf_denoise_write_failures_are_one_line_with_the_right_exit_code(tmp_pa
     assert len(existing.stderr.strip().splitlines()) == 1 and notes.read_text() == "precious"
     out = tmp_path / "out"
     out.mkdir()
-    stale = out / ".a.png.tmp999999999"  # left by a killed write (no such process)
+    stale = out / f".a.png.tmp-{socket.gethostname()}-999999999"  # left by a killed write (no such process)
     stale.write_bytes(b"half")
 
     def limit() -> None:  # writes past 100 kB fail (EFBIG), like a full disk

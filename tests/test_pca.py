@@ -125,7 +125,11 @@ def test_pictures_from_feature_files(two_photos, tmp_path):
 
 
 def test_bad_pca_inputs_say_what_to_do(tmp_path, examples_dir):
-    result = _naf("pca", str(examples_dir / "chelsea.jpg"), "-o", str(tmp_path / "p"))
-    assert result.returncode == 2 and "needs a backbone; fix: add --vfm" in result.stderr
+    quick = ["--upsampler", "bilinear", "--scale", "2", "--long-side", "224", "--height", "48", "--device", "cpu"]
+    default = _naf("pca", str(examples_dir / "chelsea.jpg"), *quick, "-o", str(tmp_path / "default"))
+    named = _naf("pca", str(examples_dir / "chelsea.jpg"), *quick, "--vfm", "effnet-lite0", "-o", str(tmp_path / "named"))
+    assert default.returncode == 0 and named.returncode == 0, default.stderr + named.stderr
+    # images without --vfm go through upsample's default backbone, as `naf upsample` does
+    assert (tmp_path / "default" / "chelsea.png").read_bytes() == (tmp_path / "named" / "chelsea.png").read_bytes()
     result = _naf("pca", str(examples_dir / "chelsea.jpg"), "--vfm", "effnet-lite0", "--components", "0", "-o", str(tmp_path / "p"))
     assert result.returncode == 2 and "--components takes 1 to 3 component numbers" in result.stderr

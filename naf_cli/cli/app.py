@@ -22,6 +22,7 @@ from naf_cli.cli.env_cmds import env, models
 from naf_cli.cli.errors import debug_enabled, describe, set_debug
 from naf_cli.cli.eval_cmd import eval_
 from naf_cli.cli.extract_cmd import extract
+from naf_cli.cli.help_text import tidy_help
 from naf_cli.cli.info_cmd import info
 from naf_cli.cli.merge_cmd import merge
 from naf_cli.cli.pca_cmd import pca
@@ -51,6 +52,10 @@ CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c._
 
 
 def _terminated(signum: int, frame: object) -> None:
+    # a scheduler's SIGTERM reaches the whole process group: decoding workers die of it too, and
+    # DataLoader's SIGCHLD handler would raise "worker killed by signal" over this interrupt
+    with contextlib.suppress(ValueError, AttributeError):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -100,6 +105,7 @@ class NafGroup(TyperGroup):
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,  # type: ignore[override]
              standalone_mode: bool = True, **extra: Any) -> Any:
+        tidy_help(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:

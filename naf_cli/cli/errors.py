@@ -30,12 +30,16 @@ def debug_enabled() -> bool:
 
 def describe(err: BaseException) -> tuple[int, str]:
     """(exit code, the one line for stderr) of an exception that ended a command."""
+    from naf_cli.disk import NO_ROOM, NOT_WRITABLE, write_failure
     from naf_cli.errors import NafError
 
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "error: interrupted"
     if isinstance(err, NafError):
         return err.exit_code, f"error: {err}"
+    if isinstance(err, OSError) and err.errno in NO_ROOM + NOT_WRITABLE:
+        # a write the library did not wrap (every one it knows of is): still one line with the fix
+        return EXIT_FAILED, f"error: {write_failure(err.filename or 'the output', err)}"
     if isinstance(err, MemoryError):
         return EXIT_FAILED, "error: out of memory; fix: a smaller --output-size, --scale or --long-side"
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""

@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from naf_cli.cli.options import BackbonePrecision, Device, Layer, VfmWeights
+from naf_cli.defaults import DEFAULT_VFM
 
 SPLIT_FILE = "photo-split.json"
 
 
 def eval_(
     photos: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).", show_default=False)],
-    vfm: Annotated[str, typer.Option("--vfm", help="Backbone whose features are reconstructed (see `naf models`).")] = "effnet-lite0",
+    vfm: Annotated[str, typer.Option("--vfm", help="Backbone whose features are reconstructed (see `naf models`).")] = DEFAULT_VFM,
     task: Annotated[str, typer.Option("--task", help="upsample: the feature reconstruction protocol; denoise: PSNR and "
                                       "SSIM under fixed synthetic noise against tuned classical denoisers (docs/quality.md).")] = "upsample",
     factor: Annotated[Optional[list[int]], typer.Option("--factor", help="Upsampling factors, e.g. --factor 2 4 8. \\[default: 2 4 8]",
@@ -74,11 +75,16 @@ def eval_(
     for f, names in result.too_small.items():
         if names:
             print(f"note: x{f} leaves out {len(names)} photo(s) smaller than its target: {', '.join(names)}", file=sys.stderr)
+    scored = [score for score in result.scores if score.images > 0]
+    if not scored:
+        smallest = min(BASE_CELLS[f] * f for f in factors) * backbone.info.patch_size
+        raise OptionError(f"no photo in {photos} is large enough for x{'/'.join(map(str, factors))}: the smallest factor "
+                          f"needs a short side of {smallest} pixels or more; fix: larger photos, or a smaller --factor")
     if as_json:
         print(json.dumps({"vfm": vfm, "layer": backbone.info.layer, "photos": [p.name for p in paths], "split": split,
-                          "scores": [score.as_dict() for score in result.scores]}, indent=1))
+                          "scores": [score.as_dict() for score in scored]}, indent=1))
         return
-    render(result.scores, factors)
+    render(scored, sorted({score.factor for score in scored}, key=factors.index))
 
 
 def select_photos(folder: Path, split: str) -> list[Path]:
@@ -124,6 +130,8 @@ def evaluation_methods(checkpoints: list[str], device: str) -> list:
 
 def render(scores: list, factors: list[int]) -> None:
     """One table per factor: a row per method."""
+    import math
+
     from rich.console import Console
     from rich.table import Table
 
@@ -133,5 +141,6 @@ def render(scores: list, factors: list[int]) -> None:
         table = Table("method", "MSE", "edge MSE", "cosine", "edge cosine",
                       title=f"x{f}: {rows[0].images} photos (MSE: lower is better; cosine: higher)")
         for score in rows:
-            table.add_row(score.method, *(f"{score.mean(key):.4f}" for key in ("mse", "edge_mse", "cosine", "edge_cosine")))
+            means = (score.mean(key) for key in ("mse", "edge_mse", "cosine", "edge_cosine"))
+            table.add_row(score.method, *("-" if math.isnan(value) else f"{value:.4f}" for value in means))
         console.print(table)

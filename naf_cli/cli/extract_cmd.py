@@ -25,12 +25,13 @@ from naf_cli.cli.options import (
     VfmWeights,
     Workers,
 )
+from naf_cli.defaults import DEFAULT_VFM
 
 
 def extract(
     output: Output,
     inputs: Inputs = None,
-    vfm: Vfm = "effnet-lite0",
+    vfm: Vfm = DEFAULT_VFM,
     vfm_weights: VfmWeights = None,
     layer: Layer = None,
     backbone_precision: BackbonePrecision = "fp32",

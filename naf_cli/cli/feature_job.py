@@ -129,7 +129,7 @@ def _build_and_run(options: JobOptions, upsample: UpsampleOptions | None, split:
     from naf_cli.cli.options import resolve_device
     from naf_cli.pipeline import ExtractAndUpsample, ExtractFeatures, ImageSource, UpsampleFeatures
     from naf_cli.pipeline.distributed import rank_device
-    from naf_cli.pipeline.memory import available_bytes, gib
+    from naf_cli.pipeline.memory import available_bytes, gib, human_bytes
     from naf_cli.upsamplers import load_upsampler
 
     device = resolve_device(rank_device(options.device, split.rank) if split.rank else options.device)
@@ -164,7 +164,10 @@ def _build_and_run(options: JobOptions, upsample: UpsampleOptions | None, split:
             stored = backbone.info.channels * largest[0] * largest[1] * (2 if options.out_dtype == "float16" else 4)
             free = shutil.disk_usage(options.output.absolute().parent).free if options.output.absolute().parent.exists() else stored
             if stored > free:
-                raise OptionError(f"{what} take about {gib(stored)} each on disk, more than the {gib(free)} free; {fix}")
+                # found before any work: exit 2, as for every option that cannot work
+                raise OptionError(f"{what} take about {human_bytes(stored)} each on disk, more than the {human_bytes(free)} "
+                                  f"free on the disk of {options.output.absolute().parent}; fix: free disk space, -o on "
+                                  f"another disk, or a smaller --scale, --output-size or --long-side")
         transform = ExtractAndUpsample(ExtractFeatures(backbone, options.long_side), UpsampleFeatures(upsampler, info, rule, limit))
         description = f"{spec.name} + {info.name} ({rule.describe()})"
     else:

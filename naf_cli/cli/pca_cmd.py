@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from naf_cli.cli.options import Checkpoint, Device, ImageRoot, Inputs, LongSide, Overwrite, VfmWeights
+from naf_cli.defaults import DEFAULT_VFM
 
 if TYPE_CHECKING:
     import torch
@@ -18,10 +19,10 @@ if TYPE_CHECKING:
 def pca(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the PNGs (one per image, named like the image).")],
     inputs: Inputs = None,
-    vfm: Annotated[Optional[str], typer.Option("--vfm", help="With images as inputs: the backbone (see `naf models`).")] = None,
+    vfm: Annotated[str, typer.Option("--vfm", help="With images as inputs: the backbone (see `naf models`).")] = DEFAULT_VFM,
     upsampler: Annotated[
         Optional[list[str]],
-        typer.Option("--upsampler", help="Upsamplers shown beside the low-res map, e.g. --upsampler naf bilinear. \\[default: naf bilinear with --vfm]"),
+        typer.Option("--upsampler", help="Upsamplers shown beside the low-res map, e.g. --upsampler naf bilinear. \\[default: naf bilinear for images]"),
     ] = None,
     components: Annotated[
         Optional[list[int]], typer.Option("--components", help="Components shown as red, green, blue (1-based). \\[default: 1 2 3]"),
@@ -40,7 +41,7 @@ def pca(
 ) -> None:
     """PCA pictures: photo | low-res features | each upsampler, side by side, labelled.
 
-    INPUTS are images (with --vfm) or HDF5 feature files (naf extract / naf upsample). One
+    INPUTS are images (their features from --vfm) or HDF5 feature files (naf extract / naf upsample). One
     PCA basis, fitted on a seeded sample of low-resolution features, colours every image.
     """
     import sys
@@ -53,7 +54,7 @@ def pca(
 
     paths = list(inputs or [])
     if not paths:
-        raise OptionError("naf pca needs inputs: images with --vfm, or feature files; fix: e.g. naf pca photos/ --vfm effnet-lite0 -o pca/")
+        raise OptionError("naf pca needs inputs: images or feature files; fix: e.g. naf pca photos/ -o pca/")
     for name, value in (("--scale", scale), ("--fit-images", fit_images), ("--samples", samples), ("--height", height)):
         check_positive(name, value)
     settings = PcaSettings(tuple(components or (1, 2, 3)), seed, fit_images, samples, height)
@@ -72,8 +73,6 @@ def pca(
         upsamplers = _upsamplers(upsampler or [], checkpoint, target, scale)
         written = pca_from_files([FeatureFile(p) for p in files], upsamplers, sink, settings, image_root, warn, _device(target))
     else:
-        if vfm is None:
-            raise OptionError("with images as inputs naf pca needs a backbone; fix: add --vfm effnet-lite0 (see `naf models`)")
         from naf_cli.backbones import load_backbone
         from naf_cli.pipeline.sources import ImageSource
         from naf_cli.pipeline.transforms import ExtractFeatures

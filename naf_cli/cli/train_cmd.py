@@ -9,12 +9,13 @@ from typing import Annotated, Optional
 import typer
 
 from naf_cli.cli.options import Device, Vfm, VfmWeights
+from naf_cli.defaults import DEFAULT_VFM
 
 
 def train(
     images: Annotated[Path, typer.Argument(help="Folder of training photos.")],
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder for train_state.pt, loss.csv and naf.safetensors; rerun to resume.")],
-    vfm: Vfm = "effnet-lite0",
+    vfm: Vfm = DEFAULT_VFM,
     vfm_weights: VfmWeights = None,
     steps: Annotated[int, typer.Option(help="Total optimiser steps.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 4,
@@ -78,7 +79,7 @@ def train(
     if task == "denoise":
         from naf_cli.training.denoise_loop import DenoiseConfig, train_denoiser
 
-        if also_vfm or factor or vfm_weights or vfm != "effnet-lite0":
+        if also_vfm or factor or vfm_weights or vfm != DEFAULT_VFM:
             raise OptionError("--vfm, --vfm-weights, --also-vfm and --factor are for --task upsample; fix: leave them out")
         denoise = DenoiseConfig(
             images=str(images), out_dir=str(out_dir), kinds=tuple(noise or DenoiseConfig.kinds), steps=steps,

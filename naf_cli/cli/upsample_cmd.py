@@ -29,12 +29,13 @@ from naf_cli.cli.options import (
     VfmWeights,
     Workers,
 )
+from naf_cli.defaults import DEFAULT_VFM
 
 
 def upsample(
     output: Output,
     inputs: Inputs = None,
-    vfm: Vfm = "effnet-lite0",
+    vfm: Vfm = DEFAULT_VFM,
     upsampler: Annotated[str, typer.Option("--upsampler", help="naf, nearest, bilinear, bicubic, jbu (joint bilateral upsampling) or jbf (bilinear + joint bilateral filter); see `naf models`.")] = "naf",
     output_size: Annotated[str, typer.Option(
         "--output-size", help="grid (feature grid x --scale), image (each photo's own size) or HxW (e.g. 448x448).",

@@ -54,8 +54,10 @@ class Score:
         return self.sums[key] / self.counts[key] if self.counts[key] else float("nan")
 
     def as_dict(self) -> dict[str, object]:
+        # null, not NaN (which is not JSON), for a metric no photo had (an edge band that is empty)
+        means = {key: self.mean(key) for key in METRICS}
         return {"factor": self.factor, "method": self.method, "images": self.images,
-                **{key: self.mean(key) for key in METRICS}}
+                **{key: None if math.isnan(value) else value for key, value in means.items()}}
 
 
 @dataclass

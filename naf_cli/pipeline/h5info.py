@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from naf_cli.errors import DamagedOutput, NafError, first_line
-from naf_cli.feature_format import FEATURES_GROUP, plain_attr
+from naf_cli.feature_format import FEATURES_GROUP, plain_attr, read_skipped
 from naf_cli.pipeline.integrity import Problem
 
 RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_root", "out_dtype", "compression",
@@ -79,7 +78,7 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
             raise NafError(f"{path} is not a naf feature file (no /{FEATURES_GROUP} group of [C, h, w] datasets); fix: pass "
                            f"the .h5 file written by naf extract or naf upsample (docs/format.md)")
         problems = find_problems(handle, path, images) if by_naf else []
-    skipped = json.loads(attrs.get("skipped_images", "[]") or "[]")
+    skipped = read_skipped(attrs)
     total = int(attrs.get("images_total", len(datasets) + len(skipped)))
     pending = max(0, total - len(datasets) - len(skipped))
     parts = _parts(attrs)
@@ -110,7 +109,7 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
         "upsampler": {key: attrs[key] for key in UPSAMPLER_KEYS if key in attrs},
         "images": {"done": len(readable), "unreadable": len(datasets) - len(readable), "skipped": len(skipped),
                    "pending": pending, "total": total},
-        "skipped": skipped,
+        "skipped": [{"image": name, "reason": reason} for name, reason in skipped],
         "shapes": {
             "channels": sorted(channels), "dtypes": sorted({d["dtype"] for d in readable}),
             "height_range": [min(heights), max(heights)] if heights else None,

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 import naf_cli
-from naf_cli.errors import NafError, OutputError, RunError
+from naf_cli.disk import check_room, fsync_path, temporary_path, write_failure, write_json_atomic
+from naf_cli.errors import NafError, OutputError
 from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, as_attr
 from naf_cli.pipeline.banded import BandedFeatures
-from naf_cli.pipeline.disk import check_room, fsync_path, write_json_atomic, writer_id
 from naf_cli.pipeline.partition import Partition
 from naf_cli.pipeline.run_lock import RunLock
 from naf_cli.pipeline.shard_catalog import (
@@ -59,7 +59,7 @@ from naf_cli.pipeline.shard_catalog import (
     shard_owner,
     write_index,
 )
-from naf_cli.pipeline.sizes import chunk_shape
+from naf_cli.pipeline.sizes import chunk_shape, stored_bytes
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 COMPRESSIONS = ("none", "gzip", "lzf")
@@ -241,7 +241,7 @@ class HDF5FeatureSink:
         (two parts starting at once agree on one file, so on one run id)."""
         run_file = self.shards / RUN_FILE
         text = json.dumps(record.to_json(), indent=1, sort_keys=True)
-        tmp = run_file.with_name(f".{RUN_FILE}.tmp-{writer_id()}")
+        tmp = temporary_path(run_file)
         try:
             tmp.write_text(text)
             try:
@@ -257,8 +257,7 @@ class HDF5FeatureSink:
                 except FileExistsError:
                     pass
         except OSError as err:
-            raise RunError(f"cannot write {run_file}: {os.strerror(err.errno or 0) or err}; fix: check the space and "
-                           f"permissions of {self.shards}, then rerun the same command") from err
+            raise write_failure(run_file, err) from err
         finally:
             tmp.unlink(missing_ok=True)
         for _ in range(100):  # the other part may still be writing it (no hard links)
@@ -334,7 +333,7 @@ class HDF5FeatureSink:
             handle.attrs[SHARD_SETTINGS] = json.dumps(dict(self.record.settings), sort_keys=True)
             handle.create_group(FEATURES_GROUP)
         except OSError as err:
-            raise RunError(f"cannot create {self._shard_path}: {err}; fix: check the space and permissions of {self.shards}") from err
+            raise write_failure(self._shard_path, err) from err
         self._shard_started = time.monotonic()
         self._shard_names = []
         self._group_boundary = 0
@@ -363,10 +362,10 @@ class HDF5FeatureSink:
             options["compression"] = self.compression
         assert self._shard is not None and self._shard_path is not None
         dtype = data.dtype if isinstance(data, np.ndarray) else np.dtype(self.dtype)
-        check_room(self._shard_path, int(np.prod(shape)) * dtype.itemsize, f"features of {name}")
+        chunks = chunk_shape(shape[0], shape[1], shape[2], itemsize=dtype.itemsize)
+        check_room(self._shard_path, stored_bytes(shape, chunks, dtype.itemsize), f"features of {name}")
         group = self._shard[FEATURES_GROUP]
         try:
-            chunks = chunk_shape(shape[0], shape[1], shape[2], itemsize=dtype.itemsize)
             if isinstance(data, np.ndarray):
                 dataset = group.create_dataset(name, data=data, chunks=chunks, **options)
             else:
@@ -375,6 +374,7 @@ class HDF5FeatureSink:
                     # a band beyond float16's range (+-65504): this image is kept in float32
                     del group[name]
                     chunks = chunk_shape(shape[0], shape[1], shape[2], itemsize=4)
+                    check_room(self._shard_path, stored_bytes(shape, chunks, 4), f"features of {name}")
                     dataset = group.create_dataset(name, shape=shape, dtype=np.float32, chunks=chunks, **options)
                     self._fill_bands(dataset, data)
             _kill_point("writing")
@@ -383,9 +383,7 @@ class HDF5FeatureSink:
             self._shard.flush()
         except OSError as err:
             self._damaged = True
-            reason = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
-            raise RunError(f"cannot write features of {name} to {self._shard_path}: {reason}; fix: free disk space, then "
-                           f"rerun the same command to resume") from err
+            raise write_failure(self._shard_path, err) from err
         self._shard_names.append(name)
 
     @staticmethod

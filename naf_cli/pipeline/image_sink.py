@@ -8,8 +8,6 @@ never leaves a half-written image under the final name.
 
 from __future__ import annotations
 
-import errno
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -18,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from naf_cli.errors import OutputError, RunError
+from naf_cli.disk import replacing
+from naf_cli.errors import OutputError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 _MODES_8BIT = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -66,9 +65,7 @@ def write_image(path: Path, pixels: torch.Tensor, bit_depth: int = 8, exif: byte
     if fmt == "TIFF" and bit_depth == 16 and channels != 1:
         raise OutputError(f"cannot write {path}: 16-bit colour TIFF is not supported; fix: write .png, or 8 bits")
     samples = quantise(pixels, bit_depth)
-    remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with replacing(path) as tmp:
         if bit_depth == 16 and channels != 1:
             tmp.write_bytes(encode_png16(samples, exif))
         else:
@@ -77,36 +74,6 @@ def write_image(path: Path, pixels: torch.Tensor, bit_depth: int = 8, exif: byte
             if fmt == "JPEG":
                 options.update(quality=jpeg_quality)
             image.save(tmp, fmt, **options)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise write_failure(path, err) from err
-
-
-def write_failure(path: Path, err: OSError) -> RunError:
-    """A failed write, once work has started (exit 1), with the fix for its cause."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        fix = "free disk space (or raise the quota or `ulimit -f`), then rerun: finished outputs are kept"
-    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = f"make {path.parent} writable or choose another output folder, then rerun"
-    else:
-        fix = "check the output folder, then rerun: finished outputs are kept"
-    return RunError(f"cannot write {path}: {err.strerror or err}; fix: {fix}")
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of ``path`` left by a write that was killed (``.NAME.tmpPID`` of a process
-    that no longer runs on this host): removed, so an interrupted run leaves nothing behind."""
-    for stale in path.parent.glob(f".{path.name}.tmp*"):
-        pid = stale.name.removeprefix(f".{path.name}.tmp")
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            stale.unlink(missing_ok=True)
-        except PermissionError:  # alive, another user's
-            pass
 
 
 class ImageSink:

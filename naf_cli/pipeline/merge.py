@@ -35,6 +35,7 @@ from naf_cli.pipeline.shard_catalog import (
 
 # index attributes that describe one part's file, not the merged run
 _PER_FILE = frozenset({"shard_folder", "complete", "images_total", "images_done", "images_skipped", "skipped_images",
+                       "skipped_reasons",
                        "parts_total", "parts_finished", "created", "command", "merged_from", "run_id",
                        "merged_run_ids", "settings_sha256"})
 

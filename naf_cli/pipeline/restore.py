@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
+from naf_cli.disk import write_failure
 from naf_cli.errors import ImageReadError, OutputError, RunError
 from naf_cli.images import DecodedImage, read_image
 from naf_cli.modeling.restoration import Denoiser
 from naf_cli.modeling.restoration_tiles import denoise_in_tiles, whole_image_bytes
-from naf_cli.pipeline.image_sink import FORMATS, write_failure, write_image
+from naf_cli.pipeline.image_sink import FORMATS, write_image
 from naf_cli.pipeline.progress import Progress
 from naf_cli.pipeline.sources import ImageSource, InputItem
 

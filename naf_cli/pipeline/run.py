@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +24,7 @@ from naf_cli.pipeline.partition import Partition
 from naf_cli.pipeline.progress import Progress, TqdmProgress
 from naf_cli.pipeline.shard_catalog import RunStatus
 from naf_cli.pipeline.sources import ImageSource, InputItem
-from naf_cli.pipeline.streaming import BackgroundWriter, decoded_inputs, default_workers
+from naf_cli.pipeline.streaming import BackgroundWriter, Decoded, decoded_inputs, default_workers
 from naf_cli.pipeline.transforms import Result, Transform
 
 
@@ -115,6 +115,7 @@ def run_pipeline(
     started = time.perf_counter()
     already_done = sink.prepare(run_settings(transform, batch_size), partition)
     writer: BackgroundWriter | None = None
+    decoded: Generator[Decoded, None, None] | None = None
     try:
         sink.begin({"kind": transform.kind, "source_root": str(source.root), **transform.file_attrs(), **(run_attrs or {})},
                    names=[item.name for item in source])
@@ -170,6 +171,8 @@ def run_pipeline(
                     progress.advance(item.name)
         writer.close()
     except BaseException:
+        if decoded is not None:
+            decoded.close()  # the decoding workers stop before anything is said
         progress.close()
         if writer is not None:
             with contextlib.suppress(BaseException):

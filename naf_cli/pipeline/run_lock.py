@@ -233,7 +233,9 @@ class RunLock:
         record = {"pid": os.getpid(), "host": socket.gethostname(), "part": partition.label,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         text = json.dumps(record, ensure_ascii=True)[:SLOT - 1].ljust(SLOT - 1) + "\n"
-        os.pwrite(self.fd, text.encode("ascii"), SLOT * partition.index)
+        # who holds it is for messages only: a full disk leaves the slot blank, the locks still hold
+        with contextlib.suppress(OSError):
+            os.pwrite(self.fd, text.encode("ascii"), SLOT * partition.index)
 
     def _holders(self) -> list[tuple[int, Holder]]:
         """Every slot written in the file, with its part index."""

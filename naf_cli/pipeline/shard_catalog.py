@@ -31,9 +31,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from naf_cli.errors import OutputError, RunError, first_line
-from naf_cli.feature_format import FEATURES_GROUP, as_attr, list_datasets, plain_attr
-from naf_cli.pipeline.disk import check_room, fsync_path, write_json_atomic, writer_id
+from naf_cli.disk import check_room, replacing, write_json_atomic
+from naf_cli.errors import OutputError, first_line
+from naf_cli.feature_format import FEATURES_GROUP, as_attr, list_datasets, plain_attr, string_array
 from naf_cli.pipeline.partition import Partition
 
 RUN_FILE = "run.json"
@@ -322,7 +322,8 @@ class RunStatus:
 
     def attrs(self) -> dict[str, object]:
         return {"complete": self.complete, "images_total": self.inputs, "images_skipped": len(self.skipped),
-                "skipped_images": json.dumps([{"image": n, "reason": r} for n, r in self.skipped], ensure_ascii=False),
+                "skipped_images": string_array([n for n, _ in self.skipped]),
+                "skipped_reasons": string_array([r for _, r in self.skipped]),
                 "parts_total": self.parts_total, "parts_finished": np.asarray(self.parts_finished, dtype=np.int64)}
 
 
@@ -357,20 +358,11 @@ def write_index(output: Path, attrs: Mapping[str, object], links: Mapping[str, s
     """The file users open: ``attrs`` and a relative external link ``/features/<name>`` -> ``links[name]``
     for every image. Written to a temporary file, fsynced and renamed over ``output``; returns seconds."""
     started = time.monotonic()
-    tmp = output.with_name(f".{output.name}.tmp-{writer_id()}")
-    check_room(tmp, 200 * len(links), f"the index {output}")
-    try:
-        with h5py.File(tmp, "w") as index:
-            for key, value in attrs.items():
-                index.attrs[key] = as_attr(value)
-            group = index.create_group(FEATURES_GROUP)
-            for name in sorted(links):
-                group[name] = h5py.ExternalLink(links[name], f"/{FEATURES_GROUP}/{name}")
-        fsync_path(tmp)
-        os.replace(tmp, output)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        reason = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
-        raise RunError(f"cannot write the index {output}: {reason}; fix: free disk space, then rerun the same "
-                       f"command to resume (finished shards are kept)") from err
+    check_room(output, 200 * len(links), f"the index {output}")
+    with replacing(output) as tmp, h5py.File(tmp, "w") as index:
+        for key, value in attrs.items():
+            index.attrs[key] = as_attr(value)
+        group = index.create_group(FEATURES_GROUP)
+        for name in sorted(links):
+            group[name] = h5py.ExternalLink(links[name], f"/{FEATURES_GROUP}/{name}")
     return time.monotonic() - started

@@ -115,3 +115,11 @@ def chunk_shape(channels: int, height: int, width: int, itemsize: int = 2, max_b
     block = -(-channels // blocks)
     tile = max(1, int((max_bytes / (block * itemsize)) ** 0.5))
     return block, min(height, tile), min(width, tile)
+
+
+def stored_bytes(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) -> int:
+    """Bytes an uncompressed chunked dataset takes on disk: edge chunks are stored whole."""
+    count = 1
+    for size, chunk in zip(shape, chunks, strict=True):
+        count *= -(-size // chunk)
+    return count * math.prod(chunks) * itemsize

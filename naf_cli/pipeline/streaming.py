@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,7 +113,7 @@ def _as_is(record: Any) -> Any:
     return record
 
 
-def decoded_inputs(items: Sequence[InputItem], workers: int, pin_memory: bool = False) -> Iterator[Decoded]:
+def decoded_inputs(items: Sequence[InputItem], workers: int, pin_memory: bool = False) -> Generator[Decoded, None, None]:
     """The items decoded in order, by ``workers`` processes ahead of the caller (0: inline)."""
     dataset = DecodedInputs([item.path for item in items])
     if workers == 0 or len(dataset) < 2:
@@ -121,7 +121,15 @@ def decoded_inputs(items: Sequence[InputItem], workers: int, pin_memory: bool = 
         return
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=2,
                         pin_memory=pin_memory, worker_init_fn=_worker_init)
-    yield from loader
+    running = iter(loader)
+    try:
+        yield from running
+    finally:
+        # stopped now, not whenever the iterator is collected (at exit, after the run's last line)
+        shutdown = getattr(running, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del running
 
 
 class BackgroundWriter:

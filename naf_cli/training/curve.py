@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from naf_cli.disk import replacing
+
 WIDTH, HEIGHT, MARGIN = 800, 420, 50
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 
@@ -54,7 +56,8 @@ def draw_curves(
     draw = ImageDraw.Draw(image)
     points = [p for values in series.values() for p in values]
     if not points:
-        image.save(out)
+        with replacing(out) as tmp:
+            image.save(tmp, "PNG")
         return
     x0, x1 = 0.0, max(p[0] for p in points) or 1.0
     y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
@@ -79,6 +82,5 @@ def draw_curves(
         for x, y in line:
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
         draw.text((MARGIN + 8, MARGIN + 6 + 14 * index), name, fill=colour)
-    tmp = out.with_name(out.name + ".tmp.png")
-    image.save(tmp)
-    tmp.replace(out)
+    with replacing(out) as tmp:
+        image.save(tmp, "PNG")

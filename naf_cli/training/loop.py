@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from naf_cli.backbones import Backbone, load_backbone
 from naf_cli.checkpoints import load_naf, save_naf
+from naf_cli.defaults import DEFAULT_VFM
 from naf_cli.errors import OptionError
 from naf_cli.evaluation.pairs import feature_pair
 from naf_cli.modeling.naf import NAF
@@ -48,7 +49,7 @@ class TrainConfig(RunSettings):
     the lowest mean MSE is kept as ``best.safetensors``. ``init`` starts from a checkpoint.
     """
 
-    backbone: str = "effnet-lite0"
+    backbone: str = DEFAULT_VFM
     backbone_weights: str | None = None
     extra_backbones: tuple[str, ...] = ()
     factors: tuple[int, ...] = (2,)

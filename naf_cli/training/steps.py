@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from naf_cli.disk import replacing
 
 STATE_FILE = "train_state.pt"
 LOSS_FILE = "loss.csv"
@@ -71,9 +72,8 @@ def learning_rate(schedule: str, lr: float, step: int, steps: int) -> float:
 
 def save_state(path: Path, state: dict) -> None:
     """``torch.save`` through a temporary file, so an interruption leaves the previous state whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
 
 
 def saved_step(out_dir: Path) -> int:
