@@ -8,6 +8,7 @@ model included) loads without flags.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -161,13 +162,18 @@ def save_denoiser(model: Denoiser, path: Path, metadata: dict[str, str] | None =
 def save_naf(model: NAF, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write weights atomically: ``.safetensors`` (string metadata, the architecture included) or a
     plain ``.pth`` state dict."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # serialised in memory, then written: a full disk is then an OSError with its cause, not a
+    # serialiser's own error
+    if path.suffix == ".safetensors":
+        data = save(state, metadata={"architecture": json.dumps(model.architecture()), **(metadata or {})})
+    else:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
     with replacing(path) as tmp:
-        if path.suffix == ".safetensors":
-            save_file(state, str(tmp), metadata={"architecture": json.dumps(model.architecture()), **(metadata or {})})
-        else:
-            torch.save(state, tmp)
+        tmp.write_bytes(data)

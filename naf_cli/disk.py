@@ -17,7 +17,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from naf_cli.errors import RunError, first_line
+from naf_cli.errors import OutputError, RunError, first_line
 
 # room kept beyond the data for HDF5's own metadata (object headers, chunk indexes, checksums)
 METADATA_SLACK = 64 << 10
@@ -54,6 +54,31 @@ def write_failure(path: Path | str, err: OSError) -> RunError:
     else:
         fix = f"check {where.parent} (space, permissions, the disk), then rerun the same command: finished work is kept"
     return RunError(f"cannot write {path}: {os_reason(err)}; fix: {fix}")
+
+
+def check_writable(folder: Path, option: str = "-o") -> None:
+    """OutputError (exit 2, before any work) when ``folder`` cannot be created or written: the
+    nearest existing folder on its path is a file, read-only (file system or permissions)."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "" if existing == Path(os.path.abspath(folder)) else f"cannot create {folder}: "
+        raise OutputError(f"{what}{existing} is a file, not a folder; fix: choose another {option} path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {existing}: it is read-only for this user (or on a read-only disk); fix: "
+                          f"choose another {option} path, or make it writable")
+
+
+def check_output_file(output: Path) -> None:
+    """OutputError (exit 2, before any work) for an ``-o`` file that cannot be written: a
+    folder, in a folder that does not exist, or in one that cannot be written."""
+    if output.is_dir():
+        raise OutputError(f"-o {output} is a folder; fix: name an .h5 file, e.g. -o {output / 'features.h5'}")
+    parent = Path(os.path.abspath(output)).parent
+    if not parent.exists():
+        raise OutputError(f"folder {output.parent} does not exist; fix: create it or choose another -o path")
+    check_writable(parent)
 
 
 def temporary_path(path: Path) -> Path:

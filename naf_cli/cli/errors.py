@@ -34,7 +34,7 @@ def describe(err: BaseException) -> tuple[int, str]:
     from naf_cli.errors import NafError
 
     if isinstance(err, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "error: interrupted"
+        return EXIT_INTERRUPTED, "error: interrupted; fix: rerun the same command to go on (finished work is kept)"
     if isinstance(err, NafError):
         return err.exit_code, f"error: {err}"
     if isinstance(err, OSError) and err.errno in NO_ROOM + NOT_WRITABLE:

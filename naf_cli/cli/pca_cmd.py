@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from naf_cli.cli.options import Checkpoint, Device, ImageRoot, Inputs, LongSide, Overwrite, VfmWeights
+from naf_cli.cli.options import Checkpoint, Device, ImageRoot, Inputs, LongSide, VfmWeights
 from naf_cli.defaults import DEFAULT_VFM
 
 if TYPE_CHECKING:
@@ -37,16 +37,18 @@ def pca(
     vfm_weights: VfmWeights = None,
     long_side: LongSide = 448,
     device: Device = "auto",
-    overwrite: Overwrite = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing pictures (otherwise an existing one is an error).")] = False,
 ) -> None:
     """PCA pictures: photo | low-res features | each upsampler, side by side, labelled.
 
     INPUTS are images (their features from --vfm) or HDF5 feature files (naf extract / naf upsample). One
     PCA basis, fitted on a seeded sample of low-resolution features, colours every image.
     """
-    import sys
+
+    from contextlib import closing
 
     from naf_cli.cli.options import resolve_device
+    from naf_cli.cli.progress import make_progress
     from naf_cli.errors import OptionError
     from naf_cli.pca.render import PcaSettings, pca_from_files, pca_from_images
     from naf_cli.pipeline.image_sink import ImageSink
@@ -61,9 +63,7 @@ def pca(
     target = resolve_device(device)
     sink = ImageSink(output, ".png", overwrite=overwrite)
 
-    def warn(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
+    progress = make_progress()
     files = [p for p in paths if p.suffix.lower() in (".h5", ".hdf5")]
     if files and len(files) != len(paths):
         raise OptionError("naf pca takes either images or feature files, not both; fix: run it once for each")
@@ -71,7 +71,9 @@ def pca(
         from naf_cli.features import FeatureFile
 
         upsamplers = _upsamplers(upsampler or [], checkpoint, target, scale)
-        written = pca_from_files([FeatureFile(p) for p in files], upsamplers, sink, settings, image_root, warn, _device(target))
+        with closing(progress):
+            written = pca_from_files([FeatureFile(p) for p in files], upsamplers, sink, settings, image_root, progress,
+                                     _device(target))
     else:
         from naf_cli.backbones import load_backbone
         from naf_cli.pipeline.sources import ImageSource
@@ -79,7 +81,8 @@ def pca(
 
         extract = ExtractFeatures(load_backbone(vfm, vfm_weights, target), long_side)
         upsamplers = _upsamplers(upsampler if upsampler is not None else ["naf", "bilinear"], checkpoint, target, scale)
-        written = pca_from_images(ImageSource(paths), extract, upsamplers, sink, settings, warn)
+        with closing(progress):
+            written = pca_from_images(ImageSource(paths), extract, upsamplers, sink, settings, progress)
     print(f"wrote {len(written)} PCA picture{'s' if len(written) != 1 else ''} to {output}")
 
 

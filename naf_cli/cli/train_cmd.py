@@ -70,7 +70,10 @@ def train(
         raise OptionError(f"--validate-every must be 0 (never) or more, got {validate_every}; fix: e.g. --validate-every 250")
     if max_minutes is not None and max_minutes <= 0:
         raise OptionError(f"--max-minutes {max_minutes:g} must be positive; fix: e.g. --max-minutes 9")
+    from naf_cli.disk import check_writable
     from naf_cli.training.steps import LR_SCHEDULES
+
+    check_writable(out_dir)
 
     if lr_schedule not in LR_SCHEDULES:
         raise OptionError(f"--lr-schedule {lr_schedule} is unknown; fix: use {' or '.join(LR_SCHEDULES)}")

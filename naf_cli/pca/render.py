@@ -24,11 +24,11 @@ from naf_cli.pca.basis import PCABasis, fit_basis, sample_positions
 from naf_cli.pca.panels import Panel, compose
 from naf_cli.pipeline.banded import BandedFeatures, as_tensor
 from naf_cli.pipeline.image_sink import ImageSink
+from naf_cli.pipeline.progress import Progress
 from naf_cli.pipeline.sources import ImageSource, InputItem
 from naf_cli.pipeline.transforms import ExtractFeatures, UpsampleFeatures
 
 TILE_BYTES = 64 * 2**20
-Warn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,11 @@ def _upsampled_panel(
 
 def pca_from_images(
     source: ImageSource, extract: ExtractFeatures, upsamplers: Sequence[tuple[str, UpsampleFeatures]],
-    sink: ImageSink, settings: PcaSettings, warn: Warn,
+    sink: ImageSink, settings: PcaSettings, progress: Progress,
 ) -> list[Path]:
     """photo | low-res | each upsampler, for every image of ``source``, one PNG each."""
     items = {item.name: item for item in source}
+    warn = progress.warn
 
     def decoded(item: InputItem) -> DecodedImage | None:
         try:
@@ -122,11 +123,14 @@ def pca_from_images(
         return as_tensor(extract(image).features)
 
     fit_names = seeded_choice(list(items), settings.fit_images, settings.seed)
+    warn(f"fitting one PCA basis on {len(fit_names)} image(s)")
     basis = fit_on((low_res(image) for name in fit_names if (image := decoded(items[name])) is not None), settings)
     written = []
+    progress.start(len(items), "PCA pictures")
     for name, item in items.items():
         image = decoded(item)
         if image is None:
+            progress.advance(name)
             continue
         lr = low_res(image)
         panels = [Panel(_label("photo", image.size), image.rgb()),
@@ -135,6 +139,7 @@ def pca_from_images(
         panels += [_upsampled_panel(label, upsample, photo, lr[None].to(extract.device), basis, settings)
                    for label, upsample in upsamplers]
         written.append(sink.write(name, compose(panels, settings.height)))
+        progress.advance(name)
     return written
 
 
@@ -149,10 +154,11 @@ def _photo(features: FeatureFile, name: str, image_root: Path | None) -> Decoded
 
 def pca_from_files(
     files: Sequence[FeatureFile], upsamplers: Sequence[tuple[str, UpsampleFeatures]], sink: ImageSink,
-    settings: PcaSettings, image_root: Path | None, warn: Warn, device: torch.device,
+    settings: PcaSettings, image_root: Path | None, progress: Progress, device: torch.device,
 ) -> list[Path]:
     """For every image in the first file (and in the others): photo (when found) | each file's
     map | each upsampler over the low-resolution file's features."""
+    warn = progress.warn
     low_files = [f for f in files if f.attrs.get("kind") == "extract"]
     if upsamplers and not low_files:
         raise NafError("--upsampler needs low-resolution features; fix: pass an extract file (naf extract) among the inputs")
@@ -173,11 +179,13 @@ def pca_from_files(
     fit_names = seeded_choice(names, settings.fit_images, settings.seed)
     basis = fit_on((torch.from_numpy(basis_file[name]) for name in fit_names), settings)
     written = []
+    progress.start(len(names), "PCA pictures")
     for name in names:
         photo = _photo(files[0], name, image_root)
         panels = [] if photo is None else [Panel(_label("photo", photo.size), photo.rgb())]
         if photo is None and upsamplers:
             warn(f"skipped {name}: its source image was not found; fix: pass --image-root DIR")
+            progress.advance(name)
             continue
         for features in files:
             data = features.dataset(name)
@@ -189,4 +197,5 @@ def pca_from_files(
             panels += [_upsampled_panel(label, upsample, photo.rgb()[None].to(device), lr, basis, settings)
                        for label, upsample in upsamplers]
         written.append(sink.write(name, compose(panels, settings.height)))
+        progress.advance(name)
     return written

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import naf_cli
-from naf_cli.disk import check_room, fsync_path, temporary_path, write_failure, write_json_atomic
+from naf_cli.disk import check_output_file, check_room, fsync_path, temporary_path, write_failure, write_json_atomic
 from naf_cli.errors import NafError, OutputError
 from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, as_attr
 from naf_cli.pipeline.banded import BandedFeatures
@@ -122,10 +122,7 @@ class HDF5FeatureSink:
         if shard_images is not None and shard_images < 1:
             raise OutputError(f"--shard-images must be at least 1, got {shard_images}; fix: e.g. --shard-images 100, or "
                               f"leave it out (a shard every 30 s)")
-        if self.output.is_dir():
-            raise OutputError(f"-o {self.output} is a folder; fix: name an .h5 file, e.g. -o {self.output / 'features.h5'}")
-        if not self.output.parent.is_dir():
-            raise OutputError(f"folder {self.output.parent} does not exist; fix: create it or choose another -o path")
+        check_output_file(self.output)
         resumable = (self.shards / RUN_FILE).is_file() or any(shard_owner(p.name) for p in self.shards.glob("shard-*.h5"))
         if self.output.exists() and not overwrite and not resumable:
             raise OutputError(f"{self.output} already exists and is not a resumable naf output; "

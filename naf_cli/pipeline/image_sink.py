@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from naf_cli.disk import replacing
+from naf_cli.disk import check_writable, replacing
 from naf_cli.errors import OutputError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
@@ -87,8 +87,7 @@ class ImageSink:
         if suffix is not None and suffix.lower() not in FORMATS:
             raise OutputError(f"unknown image suffix {suffix}; fix: use one of {', '.join(FORMATS)}")
         self.folder = Path(folder)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise OutputError(f"{self.folder} is a file, not a folder; fix: choose another output folder")
+        check_writable(self.folder)
         self.suffix = suffix
         self.jpeg_quality = jpeg_quality
         self.overwrite = overwrite

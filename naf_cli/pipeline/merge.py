@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 
 import naf_cli
+from naf_cli.disk import check_output_file
 from naf_cli.errors import OptionError, OutputError
 from naf_cli.feature_format import plain_attr
 from naf_cli.pipeline.h5out import shard_folder
@@ -133,10 +134,7 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
 
 
 def _check_output(output: Path, folders: list[Path], overwrite: bool) -> None:
-    if output.is_dir():
-        raise OutputError(f"-o {output} is a folder; fix: name an .h5 file, e.g. -o {output / 'features.h5'}")
-    if not output.absolute().parent.is_dir():
-        raise OutputError(f"folder {output.parent} does not exist; fix: create it or choose another -o path")
+    check_output_file(output)
     if (shard_folder(output) / RUN_FILE).is_file():
         raise OutputError(f"{output} is the output of a run, not a merge; fix: choose another -o path for the merged file")
     if output.exists() and not overwrite:

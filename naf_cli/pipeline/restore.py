@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from naf_cli.disk import write_failure
+from naf_cli.disk import check_writable, write_failure
 from naf_cli.errors import ImageReadError, OutputError, RunError
 from naf_cli.images import DecodedImage, read_image
 from naf_cli.modeling.restoration import Denoiser
@@ -107,7 +107,8 @@ def denoise_files(
     if output is not None and output.exists() and not output.is_dir() and not (single and output.suffix.lower() in FORMATS):
         raise OutputError(f"-o {output} is an existing file, and the results need a folder; fix: choose a folder name "
                           f"for -o (it is created)")
-    _check_writable({output_path(item, output, single).parent for item in items})
+    for folder in sorted({output_path(item, output, single).parent for item in items}):
+        check_writable(folder)
     summary = DenoiseSummary()
     started = time.perf_counter()
     pending: list[tuple[InputItem, Path, DecodedImage]] = []
@@ -154,20 +155,6 @@ def denoise_files(
         progress.close()
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _check_writable(folders: set[Path]) -> None:
-    """OutputError, before any work, for a result folder that cannot be written (read-only file
-    system, permissions): the nearest existing folder on its path must be writable."""
-    for folder in sorted(folders):
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot write into {existing}: it is read-only for this user; fix: choose another -o "
-                              f"folder, or make it writable")
-        if existing.exists() and not existing.is_dir():
-            raise OutputError(f"cannot create {folder}: {existing} is a file; fix: choose another -o folder")
 
 
 def _write(restored: torch.Tensor, decoded: DecodedImage, target: Path, quality: int) -> None:

@@ -107,11 +107,11 @@ def train_denoiser(config: DenoiseConfig, log: Callable[[str], None] = print) ->
 
     _check(config)
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     excluded, validation_names = split_names(config.split, config.exclude)
     data = RandomCrops(Path(config.images), config.crop, excluded)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be there
     model = (load_denoiser(config.init, device=device) if config.init else Denoiser().to(device)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     run = TrainingRun(model, optimizer, torch.Generator().manual_seed(config.seed), out_dir, best=-float("inf"))

@@ -110,13 +110,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
     """
     _check(config)
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     teachers = [load_backbone(config.backbone, config.backbone_weights, device)]
     teachers += [load_backbone(name, None, device) for name in config.extra_backbones]
     excluded, validation_names = split_names(config.split, config.exclude)
     data = RandomCrops(Path(config.images), config.crop, excluded)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be there
     model = load_naf(config.init, device=device).train() if config.init else NAF().to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     run = TrainingRun(model, optimizer, torch.Generator().manual_seed(config.seed), out_dir, best=float("inf"))

@@ -9,6 +9,7 @@ torch's RNG, step, step time, best score) so that a resumed run continues the sa
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -72,8 +73,10 @@ def learning_rate(schedule: str, lr: float, step: int, steps: int) -> float:
 
 def save_state(path: Path, state: dict) -> None:
     """``torch.save`` through a temporary file, so an interruption leaves the previous state whole."""
+    buffer = io.BytesIO()  # serialised first: a full disk is an OSError with its cause (see save_naf)
+    torch.save(state, buffer)
     with replacing(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def saved_step(out_dir: Path) -> int:
