@@ -303,3 +303,26 @@ def test_usage_errors_the_parser_finds_are_one_line_too(args, words):
     command = "" if args[0] == "nosuch" else f" {args[0]}"
     assert lines[0].endswith(f"naf_cli{command} --help"), lines[0]  # run here as `python -m naf_cli`
     assert "╭" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_shows_flags_as_flags_and_paragraphs_whole():
+    """Flags take no value (``--overwrite``, not ``--overwrite <bool>``), and a paragraph of a
+    command's description is never broken where its docstring's source line ended."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from naf_cli.cli.app import app
+    from naf_cli.cli.help_text import flowed
+
+    group = typer.main.get_command(app)
+    paragraphs = 0
+    for args in [[]] + [[name] for name in group.commands]:  # type: ignore[attr-defined]
+        command = group.commands[args[0]] if args else group  # type: ignore[attr-defined]
+        shown = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "400"}).output
+        assert "<bool>" not in shown, args
+        for paragraph in (flowed(command.help) or "").split("\n\n"):
+            text = " ".join(paragraph.split()).replace("\\[", "[")
+            if len(text) < 300 and "`" not in text and "[" not in text:  # markup renders differently
+                assert any(text in line for line in shown.splitlines()), (args, text)
+                paragraphs += 1
+    assert paragraphs >= 12

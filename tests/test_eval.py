@@ -97,3 +97,21 @@ def test_naf_eval_refuses_what_it_cannot_do(two_photos):
                           (["--split", "test"], "use all, train or validation")):
         result = naf("eval", str(two_photos), *args, "--device", "cpu")
         assert result.returncode == 2 and message in result.stderr and "fix:" in result.stderr
+
+
+def test_a_factor_no_photo_is_large_enough_for_shows_no_table_of_nan(tmp_path, examples_dir):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(examples_dir / "chelsea.jpg", folder)  # 451 x 300: large enough for x2 (288), not x8 (896)
+    result = naf("eval", str(folder), "--factor", "2", "8", "--checkpoint", "effnet-lite0", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "x2: 1 photos" in result.stdout and "x8:" not in result.stdout and "nan" not in result.stdout.lower()
+    assert "note: x8 leaves out 1 photo(s) smaller than its target: chelsea.jpg" in result.stderr
+    as_json = naf("eval", str(folder), "--factor", "2", "8", "--json", "--device", "cpu")
+    scores = json.loads(as_json.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))["scores"]
+    assert {score["factor"] for score in scores} == {2} and all(score["images"] == 1 for score in scores)
+    Image.open(examples_dir / "chelsea.jpg").resize((150, 100)).save(folder / "chelsea.jpg")
+    none = naf("eval", str(folder), "--factor", "2", "8", "--device", "cpu")
+    errors = [line for line in none.stderr.splitlines() if line.startswith("error:")]
+    assert none.returncode == 2 and len(errors) == 1, none.stderr
+    assert "no photo in" in errors[0] and "short side of 288 pixels" in errors[0] and "fix: " in errors[0]
