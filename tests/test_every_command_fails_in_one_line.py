@@ -267,3 +267,18 @@ def test_sigterm_to_the_whole_process_group_with_busy_decoding_workers(place, tm
         time.sleep(0.2)
     else:
         pytest.fail("a decoding worker outlived the run")
+
+
+def test_hdf5_messages_on_a_full_disk_become_one_line(small_disk):
+    """HDF5's own message for a failed create runs over several lines; ours is one, with the fix."""
+    import h5py
+
+    from naf_cli.disk import write_failure
+
+    with open(small_disk / "filler", "wb") as filler, contextlib.suppress(OSError):
+        filler.write(b"\0" * (1 << 20))  # more than the disk holds
+    with pytest.raises(OSError) as raised:
+        h5py.File(small_disk / "shard.h5", "w").close()
+    assert "\n" in str(raised.value)  # what users saw
+    line = str(write_failure(small_disk / "shard.h5", raised.value))
+    assert "\n" not in line and line.startswith(f"cannot write {small_disk / 'shard.h5'}: No space left on device; fix: ")

@@ -34,7 +34,15 @@ import numpy as np
 import torch
 
 import naf_cli
-from naf_cli.disk import check_output_file, check_room, fsync_path, temporary_path, write_failure, write_json_atomic
+from naf_cli.disk import (
+    check_output_file,
+    check_room,
+    fsync_path,
+    remove_stale_temporaries,
+    temporary_path,
+    write_failure,
+    write_json_atomic,
+)
 from naf_cli.errors import NafError, OutputError
 from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, as_attr
 from naf_cli.pipeline.banded import BandedFeatures
@@ -238,6 +246,7 @@ class HDF5FeatureSink:
         (two parts starting at once agree on one file, so on one run id)."""
         run_file = self.shards / RUN_FILE
         text = json.dumps(record.to_json(), indent=1, sort_keys=True)
+        remove_stale_temporaries(run_file)
         tmp = temporary_path(run_file)
         try:
             tmp.write_text(text)
