@@ -59,10 +59,11 @@ def write_failure(path: Path | str, err: OSError) -> RunError:
 def check_writable(folder: Path, option: str = "-o") -> None:
     """OutputError (exit 2, before any work) when ``folder`` cannot be created or written: the
     nearest existing folder on its path is a file, read-only (file system or permissions)."""
+    # os.path's tests answer False where Path's raise (a folder this user cannot search)
     existing = Path(os.path.abspath(folder))
-    while not existing.exists() and existing != existing.parent:
+    while not os.path.exists(existing) and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir():
+    if not os.path.isdir(existing):
         what = "" if existing == Path(os.path.abspath(folder)) else f"cannot create {folder}: "
         raise OutputError(f"{what}{existing} is a file, not a folder; fix: choose another {option} path")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -73,10 +74,10 @@ def check_writable(folder: Path, option: str = "-o") -> None:
 def check_output_file(output: Path) -> None:
     """OutputError (exit 2, before any work) for an ``-o`` file that cannot be written: a
     folder, in a folder that does not exist, or in one that cannot be written."""
-    if output.is_dir():
+    if os.path.isdir(output):
         raise OutputError(f"-o {output} is a folder; fix: name an .h5 file, e.g. -o {output / 'features.h5'}")
     parent = Path(os.path.abspath(output)).parent
-    if not parent.exists():
+    if not os.path.exists(parent):
         raise OutputError(f"folder {output.parent} does not exist; fix: create it or choose another -o path")
     check_writable(parent)
 
@@ -101,7 +102,7 @@ def replacing(path: Path) -> Iterator[Path]:
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+        if isinstance(err, OSError):
             raise write_failure(path, err) from err
         raise
 

@@ -180,7 +180,7 @@ def test_help_and_version_do_not_import_torch():
     (["--shard-images", "0"], "--shard-images must be at least 1, got 0; fix: e.g. --shard-images 100"),
     (["--output-size", "0x5"], "fix: e.g. --output-size 448x448"),
     (["--long-side", "-5"], "--long-side must be a finite number above 0"),
-    (["--scale", "1000"], "fix: a smaller --scale"),
+    (["--scale", "1000"], "a smaller --scale"),
     (["--output-size", "12xq"], "--output-size must be grid, image or HxW"),
     (["--output-size", "image", "--scale", "4"], "--scale applies to --output-size grid"),
     (["--device", "mps"], "MPS (Apple GPU) is not available"),

@@ -217,7 +217,7 @@ def test_a_full_disk(place, small_disk, command):
 # -- an interrupt: exit 130, one line, finished work kept ------------------------------------
 
 INTERRUPTED = {
-    "extract": ["extract", "{many}", "-o", "{out}/o.h5", "--device", "cpu"],
+    "extract": ["extract", "{many}", "-o", "{out}/o.h5", "--long-side", "1024", "--device", "cpu"],
     "upsample": ["upsample", "{many}", "-o", "{out}/o.h5", "--device", "cpu"],
     "denoise": ["denoise", "{many}", "-o", "{out}/d", "--device", "cpu"],
     "eval": ["eval", "{many}", "--factor", "2", "--device", "cpu"],
@@ -232,8 +232,12 @@ def test_an_interrupt(place, tmp_path, command):
     process = subprocess.Popen([*NAF, *_fill(INTERRUPTED[command], place, tmp_path)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
-    first = process.stderr.readline()  # the command has started its work (bench prints its first line later)
-    time.sleep(2 if command != "bench" else 20)
+    first = process.stderr.readline()  # the command has started (bench prints its first line later)
+    if command in ("train", "bench"):
+        time.sleep(2 if command == "train" else 20)
+    else:  # interrupted while it works: right after its first image is done
+        while not first.startswith("[1/") and first:
+            first = process.stderr.readline()
     assert process.poll() is None, f"{command} ended before it could be interrupted: {first}"
     process.send_signal(signal.SIGINT)
     rest = process.stderr.read()

@@ -133,3 +133,15 @@ def test_bad_pca_inputs_say_what_to_do(tmp_path, examples_dir):
     assert (tmp_path / "default" / "chelsea.png").read_bytes() == (tmp_path / "named" / "chelsea.png").read_bytes()
     result = _naf("pca", str(examples_dir / "chelsea.jpg"), "--vfm", "effnet-lite0", "--components", "0", "-o", str(tmp_path / "p"))
     assert result.returncode == 2 and "--components takes 1 to 3 component numbers" in result.stderr
+
+
+def test_a_skipped_input_exits_3_as_in_every_command(tmp_path, examples_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(examples_dir / "chelsea.jpg").resize((96, 64)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
+    result = _naf("pca", str(folder), "-o", str(tmp_path / "p"), "--upsampler", "bilinear", "--scale", "2",
+                  "--long-side", "64", "--height", "32", "--device", "cpu")
+    assert result.returncode == 3, result.stderr
+    assert str(folder / "broken.png") in result.stderr and "wrote 1 PCA picture " in result.stdout
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["good.png"]

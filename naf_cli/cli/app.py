@@ -53,10 +53,16 @@ CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c._
 
 def _terminated(signum: int, frame: object) -> None:
     # a scheduler's SIGTERM reaches the whole process group: decoding workers die of it too, and
-    # DataLoader's SIGCHLD handler would raise "worker killed by signal" over this interrupt
-    with contextlib.suppress(ValueError, AttributeError):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # DataLoader's SIGCHLD handler would raise "worker killed by signal" over this interrupt. A
+    # Python handler that does nothing (not SIG_DFL: a SIGCHLD already pending would then be
+    # reported as "ignored due to race condition") takes its place.
+    with contextlib.suppress(Exception):
+        signal.signal(signal.SIGCHLD, _child_ended)
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _child_ended(signum: int, frame: object) -> None:
+    """SIGCHLD once the run is being stopped: the workers are shut down by the run itself."""
 
 
 def _install_signal_handlers() -> None:

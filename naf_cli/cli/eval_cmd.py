@@ -66,6 +66,9 @@ def eval_(
     target = resolve_device(device)
     methods = evaluation_methods(list(checkpoint or []), target)
     backbone = load_backbone(vfm, vfm_weights, target, layer, backbone_precision)
+    smallest = min(BASE_CELLS[f] * f for f in factors) * backbone.info.patch_size  # the short side a target needs
+    if max(_short_sides(paths)) < smallest:
+        _refuse_small(photos, factors, smallest)  # before any work, from the files' headers
     progress = make_progress()
     progress.start(len(paths), f"naf eval {vfm} x{'/'.join(map(str, factors))}")
     try:
@@ -77,14 +80,33 @@ def eval_(
             print(f"note: x{f} leaves out {len(names)} photo(s) smaller than its target: {', '.join(names)}", file=sys.stderr)
     scored = [score for score in result.scores if score.images > 0]
     if not scored:
-        smallest = min(BASE_CELLS[f] * f for f in factors) * backbone.info.patch_size
-        raise OptionError(f"no photo in {photos} is large enough for x{'/'.join(map(str, factors))}: the smallest factor "
-                          f"needs a short side of {smallest} pixels or more; fix: larger photos, or a smaller --factor")
+        _refuse_small(photos, factors, smallest)
     if as_json:
         print(json.dumps({"vfm": vfm, "layer": backbone.info.layer, "photos": [p.name for p in paths], "split": split,
                           "scores": [score.as_dict() for score in scored]}, indent=1))
         return
     render(scored, sorted({score.factor for score in scored}, key=factors.index))
+
+
+def _short_sides(paths: list[Path]) -> list[float]:
+    """Each photo's short side from its header (inf when unreadable: the evaluation says why)."""
+    from PIL import Image
+
+    sides = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sides.append(float(min(image.size)))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            sides.append(float("inf"))
+    return sides
+
+
+def _refuse_small(photos: Path, factors: list[int], smallest: int) -> None:
+    from naf_cli.errors import OptionError
+
+    raise OptionError(f"no photo in {photos} is large enough for x{'/'.join(map(str, factors))}: the smallest factor "
+                      f"needs a short side of {smallest} pixels or more; fix: larger photos, or a smaller --factor")
 
 
 def select_photos(folder: Path, split: str) -> list[Path]:

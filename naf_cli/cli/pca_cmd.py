@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from naf_cli.cli.errors import EXIT_SKIPPED
 from naf_cli.cli.options import Checkpoint, Device, ImageRoot, Inputs, LongSide, VfmWeights
 from naf_cli.defaults import DEFAULT_VFM
 
@@ -72,7 +73,7 @@ def pca(
 
         upsamplers = _upsamplers(upsampler or [], checkpoint, target, scale)
         with closing(progress):
-            written = pca_from_files([FeatureFile(p) for p in files], upsamplers, sink, settings, image_root, progress,
+            written, attempted = pca_from_files([FeatureFile(p) for p in files], upsamplers, sink, settings, image_root, progress,
                                      _device(target))
     else:
         from naf_cli.backbones import load_backbone
@@ -82,8 +83,10 @@ def pca(
         extract = ExtractFeatures(load_backbone(vfm, vfm_weights, target), long_side)
         upsamplers = _upsamplers(upsampler if upsampler is not None else ["naf", "bilinear"], checkpoint, target, scale)
         with closing(progress):
-            written = pca_from_images(ImageSource(paths), extract, upsamplers, sink, settings, progress)
+            written, attempted = pca_from_images(ImageSource(paths), extract, upsamplers, sink, settings, progress)
     print(f"wrote {len(written)} PCA picture{'s' if len(written) != 1 else ''} to {output}")
+    if len(written) < attempted:  # each skipped input was named on stderr
+        raise typer.Exit(EXIT_SKIPPED)
 
 
 def _device(name: str) -> torch.device:

@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import torch
 
-from naf_cli.errors import InputSkipped, NafError, OptionError
+from naf_cli.errors import ImageReadError, InputSkipped, NafError, OptionError
 from naf_cli.features import FeatureFile
 from naf_cli.images import DecodedImage, read_image
 from naf_cli.pca.basis import PCABasis, fit_basis, sample_positions
@@ -107,15 +107,16 @@ def _upsampled_panel(
 def pca_from_images(
     source: ImageSource, extract: ExtractFeatures, upsamplers: Sequence[tuple[str, UpsampleFeatures]],
     sink: ImageSink, settings: PcaSettings, progress: Progress,
-) -> list[Path]:
-    """photo | low-res | each upsampler, for every image of ``source``, one PNG each."""
+) -> tuple[list[Path], int]:
+    """photo | low-res | each upsampler, for every image of ``source``, one PNG each; returns the
+    pictures written and the number of inputs (the rest were skipped, each with a line)."""
     items = {item.name: item for item in source}
     warn = progress.warn
 
     def decoded(item: InputItem) -> DecodedImage | None:
         try:
             return read_image(item.path)[0]
-        except InputSkipped as err:
+        except (ImageReadError, InputSkipped) as err:
             warn(f"skipped {item.path}: {err}")
             return None
 
@@ -140,7 +141,7 @@ def pca_from_images(
                    for label, upsample in upsamplers]
         written.append(sink.write(name, compose(panels, settings.height)))
         progress.advance(name)
-    return written
+    return written, len(items)
 
 
 def _photo(features: FeatureFile, name: str, image_root: Path | None) -> DecodedImage | None:
@@ -155,9 +156,10 @@ def _photo(features: FeatureFile, name: str, image_root: Path | None) -> Decoded
 def pca_from_files(
     files: Sequence[FeatureFile], upsamplers: Sequence[tuple[str, UpsampleFeatures]], sink: ImageSink,
     settings: PcaSettings, image_root: Path | None, progress: Progress, device: torch.device,
-) -> list[Path]:
+) -> tuple[list[Path], int]:
     """For every image in the first file (and in the others): photo (when found) | each file's
-    map | each upsampler over the low-resolution file's features."""
+    map | each upsampler over the low-resolution file's features. Returns the pictures written
+    and the number of images the files have in common (the rest were skipped, each with a line)."""
     warn = progress.warn
     low_files = [f for f in files if f.attrs.get("kind") == "extract"]
     if upsamplers and not low_files:
@@ -165,6 +167,7 @@ def pca_from_files(
     names = [name for name in files[0].names if all(name in f for f in files[1:])]
     if not names:
         raise NafError("the feature files have no image in common; fix: pass files written from the same images")
+    inputs = len(names)
     readable = []
     for name in names:
         broken = next((f"{f.path}: {f.unreadable[name]}" for f in files if name in f.unreadable), None)
@@ -198,4 +201,4 @@ def pca_from_files(
                        for label, upsample in upsamplers]
         written.append(sink.write(name, compose(panels, settings.height)))
         progress.advance(name)
-    return written
+    return written, inputs

@@ -512,7 +512,7 @@ class HDF5FeatureSink:
         try:
             if self.record is None:  # stopped before prepare: nothing of this run exists
                 return None
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(NafError, OSError):  # the error that stopped the run is the one to tell
                 self._part.write(self.shards)
             if self.catalog.links():
                 with contextlib.suppress(NafError, OSError):

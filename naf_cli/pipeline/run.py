@@ -169,10 +169,12 @@ def run_pipeline(
             for item in group:
                 if item.name not in already_done:
                     progress.advance(item.name)
+        decoded.close()
         writer.close()
     except BaseException:
-        if decoded is not None:
-            decoded.close()  # the decoding workers stop before anything is said
+        if decoded is not None:  # the decoding workers stop before anything is said
+            with contextlib.suppress(Exception, KeyboardInterrupt):  # a second Ctrl-C must not skip abort()
+                decoded.close()
         progress.close()
         if writer is not None:
             with contextlib.suppress(BaseException):

@@ -31,8 +31,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from naf_cli.disk import check_room, replacing, write_json_atomic
-from naf_cli.errors import OutputError, first_line
+from naf_cli.disk import check_room, replacing, temporary_path, write_json_atomic
+from naf_cli.errors import NafError, OutputError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, as_attr, list_datasets, plain_attr, string_array
 from naf_cli.pipeline.partition import Partition
 
@@ -300,9 +300,10 @@ def record_damaged(folder: Path, entries: Iterable[tuple[str, str, str]]) -> Non
     try:
         write_json_atomic(path, [{"image": image, "shard": shard, "reason": reason}
                                  for (image, shard), reason in sorted(known.items())])
-    except OSError as err:
-        raise OutputError(f"cannot record the damaged images in {path}: {os.strerror(err.errno or 0) or err}; fix: make "
-                          f"{folder} writable and run naf verify again (until then a rerun does not know to redo them)") from err
+    except NafError as err:
+        raise OutputError(f"cannot record the damaged images in {path} ({str(err).split('; fix:')[0]}); fix: make room "
+                          f"in {folder} or make it writable, and run naf verify again (until then a rerun does not know to "
+                          f"redo them)") from err
 
 
 @dataclass
@@ -358,7 +359,7 @@ def write_index(output: Path, attrs: Mapping[str, object], links: Mapping[str, s
     """The file users open: ``attrs`` and a relative external link ``/features/<name>`` -> ``links[name]``
     for every image. Written to a temporary file, fsynced and renamed over ``output``; returns seconds."""
     started = time.monotonic()
-    check_room(output, 200 * len(links), f"the index {output}")
+    check_room(temporary_path(output), 200 * len(links), f"the index {output}")  # the old index stays until replaced
     with replacing(output) as tmp, h5py.File(tmp, "w") as index:
         for key, value in attrs.items():
             index.attrs[key] = as_attr(value)
