@@ -44,16 +44,17 @@ def os_reason(err: OSError) -> str:
     return os.strerror(err.errno) if err.errno else first_line(err)
 
 
-def write_failure(path: Path | str, err: OSError) -> RunError:
-    """A write that failed once work had started (exit 1), with the fix for its cause."""
-    where = Path(path)
+def write_failure(path: Path | None, err: OSError) -> RunError:
+    """A write that failed once work had started (exit 1), with the fix for its cause; ``path``
+    None when the error does not say which file."""
+    folder = "the output folder" if path is None else Path(path).parent
     if err.errno in NO_ROOM:
         fix = "free disk space (or raise the quota or `ulimit -f`), then rerun the same command: finished work is kept"
     elif err.errno in NOT_WRITABLE:
-        fix = f"make {where.parent} writable or choose another output path, then rerun"
+        fix = f"make {folder} writable or choose another output path, then rerun"
     else:
-        fix = f"check {where.parent} (space, permissions, the disk), then rerun the same command: finished work is kept"
-    return RunError(f"cannot write {path}: {os_reason(err)}; fix: {fix}")
+        fix = f"check {folder} (space, permissions, the disk), then rerun the same command: finished work is kept"
+    return RunError(f"cannot write {'the output' if path is None else path}: {os_reason(err)}; fix: {fix}")
 
 
 def check_writable(folder: Path, option: str = "-o") -> None:
@@ -107,19 +108,32 @@ def replacing(path: Path) -> Iterator[Path]:
         raise
 
 
+# folders this process has swept: a folder is scanned once, not at every write into it (a
+# denoise of N images into one folder would otherwise list it N times)
+_swept: set[str] = set()
+
+
 def remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of ``path`` left by a writer on this host that no longer runs (a killed
-    write) are removed; those of live writers and of other hosts are left alone."""
-    prefix = f".{path.name}.tmp-{socket.gethostname()}-"
-    with contextlib.suppress(OSError):
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):
-            pid = stale.name.removeprefix(prefix)
-            if stale.name == pid or not pid.isdigit() or int(pid) == os.getpid():
+    """Temporary files in ``path``'s folder left by writers on this host that no longer run (a
+    killed write) are removed, once per folder and process; those of live writers and of other
+    hosts are left alone."""
+    folder = os.path.abspath(path.parent)
+    if folder in _swept:
+        return
+    _swept.add(folder)
+    marker = f".tmp-{socket.gethostname()}-"
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") or marker not in entry.name:
+                continue
+            pid = entry.name.rsplit(marker, 1)[1]
+            if not pid.isdigit() or int(pid) == os.getpid():
                 continue
             try:
                 os.kill(int(pid), 0)
             except ProcessLookupError:
-                stale.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
             except PermissionError:  # alive, another user's
                 pass
 

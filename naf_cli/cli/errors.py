@@ -8,6 +8,7 @@ Exit codes, the same for every command (README "Exit codes"):
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -39,7 +40,7 @@ def describe(err: BaseException) -> tuple[int, str]:
         return err.exit_code, f"error: {err}"
     if isinstance(err, OSError) and err.errno in NO_ROOM + NOT_WRITABLE:
         # a write the library did not wrap (every one it knows of is): still one line with the fix
-        return EXIT_FAILED, f"error: {write_failure(err.filename or 'the output', err)}"
+        return EXIT_FAILED, f"error: {write_failure(Path(err.filename) if err.filename else None, err)}"
     if isinstance(err, MemoryError):
         return EXIT_FAILED, "error: out of memory; fix: a smaller --output-size, --scale or --long-side"
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""

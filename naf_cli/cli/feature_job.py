@@ -162,11 +162,12 @@ def _build_and_run(options: JobOptions, upsample: UpsampleOptions | None, split:
             if need > have:
                 raise OptionError(f"{what} need about {gib(need)} per image, more than the {gib(have)} available; {fix}")
             stored = backbone.info.channels * largest[0] * largest[1] * (2 if options.out_dtype == "float16" else 4)
-            free = shutil.disk_usage(options.output.absolute().parent).free if options.output.absolute().parent.exists() else stored
+            folder = options.output.absolute().parent
+            free = shutil.disk_usage(folder).free if folder.exists() else stored
             if stored > free:
                 # found before any work: exit 2, as for every option that cannot work
                 raise OptionError(f"{what} take about {human_bytes(stored)} each on disk, more than the {human_bytes(free)} "
-                                  f"free on the disk of {options.output.absolute().parent}; fix: free disk space, -o on "
+                                  f"free on the disk of {folder}; fix: free disk space, -o on "
                                   f"another disk, or a smaller --scale, --output-size or --long-side")
         transform = ExtractAndUpsample(ExtractFeatures(backbone, options.long_side), UpsampleFeatures(upsampler, info, rule, limit))
         description = f"{spec.name} + {info.name} ({rule.describe()})"
@@ -231,7 +232,7 @@ def _run(source: ImageSource, transform: Transform, sink: HDF5FeatureSink, optio
             print(f"warning: {summary.output} cannot be complete: {status.problem}", file=sys.stderr)
     if summary.skipped:
         print(f"warning: {len(summary.skipped)} of {summary.total} input(s) skipped (named above, and in the "
-              f"file's skipped_images attribute)", file=sys.stderr)
+              f"file's skipped_images and skipped_reasons attributes)", file=sys.stderr)
         return EXIT_SKIPPED
     return EXIT_OK
 

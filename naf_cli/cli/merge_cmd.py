@@ -40,7 +40,7 @@ def merge(
               f"missing parts, then run this naf merge again", file=sys.stderr)
         raise typer.Exit(EXIT_FAILED)
     if status.skipped:
-        print(f"warning: {len(status.skipped)} input(s) were skipped by the parts (listed in the file's skipped_images "
-              f"attribute)", file=sys.stderr)
+        print(f"warning: {len(status.skipped)} input(s) were skipped by the parts (listed in the file's skipped_images and "
+              f"skipped_reasons attributes)", file=sys.stderr)
         raise typer.Exit(EXIT_SKIPPED)
     raise typer.Exit(EXIT_OK)

@@ -31,7 +31,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from naf_cli.disk import check_room, replacing, temporary_path, write_json_atomic
+from naf_cli.disk import check_room, os_reason, replacing, temporary_path, write_json_atomic
 from naf_cli.errors import NafError, OutputError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, as_attr, list_datasets, plain_attr, string_array
 from naf_cli.pipeline.partition import Partition
@@ -301,7 +301,9 @@ def record_damaged(folder: Path, entries: Iterable[tuple[str, str, str]]) -> Non
         write_json_atomic(path, [{"image": image, "shard": shard, "reason": reason}
                                  for (image, shard), reason in sorted(known.items())])
     except NafError as err:
-        raise OutputError(f"cannot record the damaged images in {path} ({str(err).split('; fix:')[0]}); fix: make room "
+        cause = err.__cause__
+        reason = os_reason(cause) if isinstance(cause, OSError) else first_line(err)
+        raise OutputError(f"cannot record the damaged images in {path} ({reason}); fix: make room "
                           f"in {folder} or make it writable, and run naf verify again (until then a rerun does not know to "
                           f"redo them)") from err
 
