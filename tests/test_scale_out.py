@@ -287,3 +287,27 @@ def test_run_status_needs_every_part_of_one_split_over_the_same_inputs():
     assert "different inputs" in run_status([part(0, 2), part(1, 2, digest="e")], []).problem
     skips = run_status([part(0, 2, skipped=[("a", "bad")]), part(1, 2, skipped=[("b", "bad")])], ["b"])
     assert skips.skipped == [("a", "bad")]  # done by a later run: no longer skipped
+
+
+def test_a_part_file_removed_while_another_part_lists_them_is_passed_over(tmp_path):
+    """Parts of a new split start at once: each removes the old split's part files, so one part
+    may list a file that a sibling deletes before it is read. That is not a damaged file."""
+    from naf_cli.pipeline.partition import Partition
+    from naf_cli.pipeline.shard_catalog import PartState, part_file, read_parts
+
+    for index in range(2):
+        PartState(Partition(index, 2), True, 6, "d").write(tmp_path)
+    PartState(Partition(0, 3), False, 6, "d").write(tmp_path)
+    doomed = part_file(tmp_path, Partition(1, 2))
+
+    class SiblingDeletesAfterListing(type(tmp_path)):
+        def glob(self, pattern):
+            listed = list(super().glob(pattern))
+            doomed.unlink()  # the sibling's _remove_stale, between this part's listing and its read
+            return iter(listed)
+
+    parts = read_parts(SiblingDeletesAfterListing(tmp_path))
+    assert [(p.partition.index, p.partition.count) for p in parts] == [(0, 2), (0, 3)]
+    doomed.write_text("{not json")  # a file that is there but damaged is still an error with its fix
+    with pytest.raises(Exception, match=r"part-1of2.json cannot be read .* fix: delete it"):
+        read_parts(tmp_path)
