@@ -135,7 +135,7 @@ def test_index_tensors_are_cached_per_sizes_kernel_and_device():
     assert torch.equal(odd.members[odd.flat_slot], torch.arange(50))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_backends_on_cuda_match_cpu(name):
     q, k, v = _inputs(2, 8, 12, 10, 36, 50)
@@ -144,3 +144,30 @@ def test_backends_on_cuda_match_cpu(name):
     expected = cross_scale_neighborhood_attention(q, k, v, 4, 9, backend="cells")
     got = cross_scale_neighborhood_attention(q.cuda(), k.cuda(), v.cuda(), 4, 9, backend=name)
     torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("name", "sizes"), [("cells", (1, 8, 7, 9, 29, 37)), ("reference", (1, 8, 7, 9, 28, 36)),
+                                              ("blocks", (1, 8, 13, 19, 13, 19))])
+def test_index_tensors_first_built_under_inference_mode_serve_training(name, sizes):
+    """Validation (inference mode) then a training step of the same sizes: the cached index
+    tensors must not be inference tensors, which autograd cannot save for backward."""
+    q, k, v = _inputs(*sizes, seed=3)
+    with torch.inference_mode():
+        cross_scale_neighborhood_attention(q, k, v, 4, 5, backend=name)
+    q.requires_grad_(True)
+    out = cross_scale_neighborhood_attention(q, k, v, 4, 5, backend=name)
+    out.square().sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_natten_without_compiled_kernels_is_refused_for_large_outputs_on_any_device():
+    from dataclasses import replace
+
+    from naf_cli.modeling.attention import natten_route
+
+    if natten_route.importlib.util.find_spec("natten") is None or natten_route._compiled():
+        pytest.skip("needs natten without its compiled kernels (pure Python, as on PyPI without CUDA)")
+    problem = AttentionProblem(batch=1, qk_dim=256, value_dim=384, out_size=(448, 448), low_size=(28, 28), num_heads=4,
+                               kernel_size=9, device_type="cpu", element_size=4, needs_grad=False)
+    for device_type in ("cpu", "cuda"):
+        assert "dense" in str(BACKENDS["natten"].refusal(replace(problem, device_type=device_type)))

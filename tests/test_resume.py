@@ -148,7 +148,8 @@ def test_batched_runs_resume_exactly(photos, tmp_path):
     assert other.returncode == 2 and "batch_size=4" in other.stderr
 
 
-def test_a_batch_that_does_not_fit_is_split(photos, tmp_path):
+@pytest.mark.parametrize("too_large", ["budget", "cublas"])
+def test_a_batch_that_does_not_fit_is_split(photos, tmp_path, too_large):
     from naf_cli.backbones import load_backbone
     from naf_cli.pipeline import ExtractFeatures, HDF5FeatureSink, ImageSource, run_pipeline
     from naf_cli.pipeline.progress import SilentProgress
@@ -165,8 +166,10 @@ def test_a_batch_that_does_not_fit_is_split(photos, tmp_path):
             return 0  # everything in one bucket, so the batch is the whole group
 
         def run_batch(self, images, names=()):
-            if len(images) > 2:
+            if len(images) > 2 and too_large == "budget":
                 raise BatchTooLarge(f"a batch of {len(images)}")
+            if len(images) > 2:  # how cuBLAS says it: a RuntimeError, not OutOfMemoryError
+                raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`\nmore")
             self.batches.append(list(names))
             return [self.features([image])[1][0] for image in images]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+import torch
 from cli_runs import NAF
 from feature_files import contents
 
@@ -24,3 +26,37 @@ def test_workers_give_the_same_file_as_inline_decoding(tmp_path, examples_dir):
         outputs[workers] = contents(out)
     assert sorted(outputs["0"]) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
     assert outputs["0"] == outputs["2"]
+
+
+def test_the_writer_waits_for_a_banded_output_before_the_next_batch_runs():
+    """A banded output is computed while it is written, on the writer thread: ``wait`` returns
+    only once it is done (the run loop calls it before the next batch), and passes its error on."""
+    import threading
+
+    from naf_cli.pipeline.streaming import BackgroundWriter
+
+    release = threading.Event()
+
+    class SlowSink:
+        def __init__(self):
+            self.written = []
+
+        def write(self, name, features, attrs):
+            release.wait(5)
+            if name == "bad.png":
+                raise OSError("disk gone")
+            self.written.append(name)
+
+        def end_group(self):
+            pass
+
+    sink = SlowSink()
+    writer = BackgroundWriter(sink)
+    writer.write("a.png", torch.zeros(1), {})
+    threading.Timer(0.2, release.set).start()
+    writer.wait()
+    assert sink.written == ["a.png"]
+    writer.write("bad.png", torch.zeros(1), {})
+    with pytest.raises(OSError, match="disk gone"):
+        writer.wait()
+    writer.close()

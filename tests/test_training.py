@@ -34,6 +34,18 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, examples_dir):
     assert all(float(r["loss"]) > 0 for r in rows)
 
 
+@pytest.mark.cuda
+def test_training_resumes_on_cuda_in_bf16(tmp_path, examples_dir):
+    """The saved random-number states are read back onto the CPU (they must be CPU byte tensors)."""
+    from dataclasses import replace
+
+    config = replace(small_config(examples_dir, tmp_path / "run", 1), device="cuda", bf16=True)
+    train(config, log=lambda s: None)
+    said = []
+    model = train(replace(config, steps=2), log=said.append)
+    assert any("at step 1" in line for line in said) and next(model.parameters()).is_cuda
+
+
 def test_training_reduces_loss_on_a_fixed_batch(examples_dir):
     """A few steps on the same crops must lower the x2 loss: gradients flow through the attention."""
     from naf_cli.backbones import load_backbone

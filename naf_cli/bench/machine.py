@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from naf_cli.modeling.attention.precision import cpu_has_bf16_hardware
+
 # CPU flags that decide which convolution and matmul kernels run fast
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
 
@@ -27,11 +29,6 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     return model, [flag for flag in RELEVANT_FLAGS if flag in flags]
 
 
-def has_fast_bf16(flags: list[str]) -> bool:
-    """bf16 arithmetic in hardware (AVX512-BF16 or AMX), where bf16 beats fp32 on a CPU."""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def machine_report(device: str) -> dict[str, object]:
     """CPU model and flags, cores, torch version and build capability, and the device."""
     model, flags = cpu_model_and_flags()
@@ -42,6 +39,7 @@ def machine_report(device: str) -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_hardware": cpu_has_bf16_hardware(),  # whether bf16 autocast runs the attention in bf16 here
         "device": device,
     }
     if device.startswith("cuda") and torch.cuda.is_available():

@@ -58,8 +58,22 @@ def run_bench(
         elif need > MEMORY_MARGIN * have:
             row["status"] = f"skipped: predicted {gib(need)}, {gib(have)} available"
         else:
-            measured = measure(case, repeats, warmup) if case.device.startswith("cuda") else measure_isolated(case, repeats, warmup)
+            measured = measure_on_cuda(case, repeats, warmup) if case.device.startswith("cuda") else measure_isolated(case, repeats, warmup)
             measured.setdefault("status", "ok")
             row.update(measured)
         rows.append(row)
     return rows
+
+
+def measure_on_cuda(case: BenchCase, repeats: int, warmup: int) -> dict[str, object]:
+    """``measure`` in this process on the case's GPU (events recorded on its stream), starting
+    from an empty cache; running out of memory ends the row, not the table."""
+    device = torch.device(case.device)
+    torch.cuda.empty_cache()  # the last row's cached blocks are not this row's
+    try:
+        with torch.cuda.device(device):
+            return measure(case, repeats, warmup)
+    except torch.OutOfMemoryError:
+        return {"status": f"out of memory (predicted {gib(predicted_bytes(case, NAF()))})"}
+    finally:
+        torch.cuda.empty_cache()

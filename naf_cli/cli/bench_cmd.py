@@ -120,5 +120,7 @@ def _render(report: dict) -> None:
     if not console.is_terminal:
         console = Console(width=160)  # piped into a file: keep every column readable
     console.print(table)
-    console.print(f"CPU flags: {', '.join(machine['cpu_flags']) or 'none of interest'}. peak MB: above the memory in use "
+    bf16 = "bf16 in hardware: the attention runs in bf16 under autocast" if machine["cpu_bf16_hardware"] else (
+        "no bf16 in hardware: the attention stays fp32 under autocast on this CPU")
+    console.print(f"CPU flags: {', '.join(machine['cpu_flags']) or 'none of interest'} ({bf16}). peak MB: above the memory in use "
                   "before the first forward, output included; > output MB: the peak less the output.")

@@ -71,7 +71,10 @@ Shard = Annotated[
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> CUDA, then MPS, then CPU; a device that cannot run here is a NafError."""
+    """``auto`` -> CUDA, then MPS, then CPU; a device that cannot run here is a NafError.
+
+    ``cuda:N`` becomes this process's current CUDA device: work without an explicit device
+    (events, the loader's pinning thread) then goes to GPU N, not GPU 0."""
     import torch
 
     from naf_cli.errors import OptionError
@@ -92,4 +95,6 @@ def resolve_device(name: str) -> str:
         raise OptionError(f"--device {name} asked for, but MPS (Apple GPU) is not available on this machine; fix: use --device cpu or auto")
     if device.type not in ("cpu", "cuda", "mps"):
         raise OptionError(f"--device {name}: naf runs on cpu, cuda or mps; fix: use --device auto")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
     return name

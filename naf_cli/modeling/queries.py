@@ -8,15 +8,14 @@ uses, so any band of rows is computed without the rest of the map.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 
+from naf_cli.modeling.index_cache import index_cache
 from naf_cli.modeling.rope import RoPE2d
 
 
-@lru_cache(maxsize=64)
+@index_cache(64)
 def pooling_bins(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(start, length) of each output position's bin on the input axis: LongTensors [n_out]."""
     r = torch.arange(n_out, dtype=torch.long)
@@ -37,11 +36,13 @@ def pool_axis(x: torch.Tensor, dim: int, start: int, stop: int, n_out: int) -> t
     if x.ndim == 4 and dim in (2, 3) and x.is_contiguous(memory_format=torch.channels_last):
         # gather whole channel vectors (contiguous in this layout), not single values
         return pool_axis(x.permute(0, 2, 3, 1), dim - 1, start, stop, n_out).permute(0, 3, 1, 2)
-    first, length = (t[start:stop].to(x.device) for t in pooling_bins(n_in, n_out))
+    first, length = (t[start:stop] for t in pooling_bins(n_in, n_out))
+    longest = int(length.max())  # read on the CPU: no wait for the GPU
+    first, length = first.to(x.device), length.to(x.device)
     shape = [1] * x.ndim
     shape[dim] = stop - start
     pooled = None
-    for step in range(int(length.max())):
+    for step in range(longest):
         index = torch.minimum(first + step, first + length - 1)
         weight = ((step < length).to(x.dtype) / length.to(x.dtype)).view(shape)
         term = x.index_select(dim, index) * weight

@@ -79,10 +79,11 @@ def start_together(rank: TorchrunRank, device: str, agreed: Mapping[str, object]
     import torch
     import torch.distributed as dist
 
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if backend == "nccl":
+    if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend, timeout=START_TIMEOUT)
+    # gloo whatever the device: the collectives only swap small Python objects, once, and NCCL
+    # would refuse two ranks on one GPU (an explicit --device cuda:N) and start a GPU context early
+    dist.init_process_group("gloo", timeout=START_TIMEOUT)
     try:
         refusal = ""
         try:

@@ -10,10 +10,16 @@ import torch
 
 
 def available_bytes(device: torch.device) -> int:
-    """Memory a forward can take now: free CUDA memory, or the system's available RAM."""
+    """Memory a forward can take now: free CUDA memory, or the system's available RAM.
+
+    On CUDA, blocks PyTorch's allocator holds but no tensor uses count as free: the driver
+    reports them as taken, yet the next forward reuses them (a backbone's freed activations
+    would otherwise make a batch that fits look too large).
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(0, cached))
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from naf_cli.errors import ImageReadError, InputSkipped, OptionError, RunError
+from naf_cli.errors import ImageReadError, InputSkipped, OptionError, RunError, first_line
 from naf_cli.images import DecodedImage
 from naf_cli.pipeline.banded import BandedFeatures
 from naf_cli.pipeline.memory import peak_bytes
@@ -166,6 +166,10 @@ def run_pipeline(
                 })
                 summary.done += 1
             writer.end_group()
+            if any(isinstance(result.features, BandedFeatures) for result in results.values()):
+                banding = time.perf_counter()
+                writer.wait()
+                summary.compute_seconds += time.perf_counter() - banding
             for item in group:
                 if item.name not in already_done:
                     progress.advance(item.name)
@@ -219,8 +223,13 @@ def _skip(item: InputItem, err: Exception, strict: bool, summary: RunSummary, si
     progress.warn(f"skipped: {reason}")
 
 
+# how CUDA libraries word running out of memory (cuBLAS and cuDNN do not raise OutOfMemoryError)
+OUT_OF_MEMORY_WORDS = ("out of memory", "alloc_failed", "not_enough_workspace")
+
+
 def _is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+    return isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError) and any(words in str(err).lower() for words in OUT_OF_MEMORY_WORDS))
 
 
 def _compute_group(
@@ -235,6 +244,7 @@ def _compute_group(
     pending = list(buckets.values())
     while pending:
         batch = pending.pop(0)
+        out_of_memory = ""
         try:
             outputs = transform.run_batch([image for _, image in batch], [item.name for item, _ in batch])
         except (InputSkipped, ImageReadError, MemoryError, RuntimeError) as err:
@@ -243,10 +253,14 @@ def _compute_group(
             if len(batch) == 1 and isinstance(err, InputSkipped | ImageReadError):
                 _skip(batch[0][0], err, strict, summary, sink, progress)
                 continue
+            out_of_memory = first_line(err)
+        if out_of_memory:
+            # out of the except block: its traceback, which holds the batch's tensors, is gone,
+            # so the cache really gets their memory back
             if transform.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(batch) == 1:
-                _skip(batch[0][0], InputSkipped(f"out of memory ({err}); fix: a smaller --output-size or --scale"),
+                _skip(batch[0][0], InputSkipped(f"out of memory ({out_of_memory}); fix: a smaller --output-size or --scale"),
                       strict, summary, sink, progress)
                 continue
             if "oom" not in notes:

@@ -147,20 +147,23 @@ class BackgroundWriter:
     def _loop(self) -> None:
         while True:
             job = self._queue.get()
-            if job is None:
-                return
-            if self._error is not None:
-                continue  # drain without writing after a failure
-            started = time.perf_counter()
             try:
-                if job == "group":
-                    self.sink.end_group()
-                else:
-                    assert not isinstance(job, str)
-                    self.sink.write(*job)
-            except BaseException as err:  # handed to the caller
-                self._error = err
-            self.seconds += time.perf_counter() - started
+                if job is None:
+                    return
+                if self._error is not None:
+                    continue  # drain without writing after a failure
+                started = time.perf_counter()
+                try:
+                    if job == "group":
+                        self.sink.end_group()
+                    else:
+                        assert not isinstance(job, str)
+                        self.sink.write(*job)
+                except BaseException as err:  # handed to the caller
+                    self._error = err
+                self.seconds += time.perf_counter() - started
+            finally:
+                self._queue.task_done()
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -175,6 +178,14 @@ class BackgroundWriter:
         """Every write of the current batch group is queued (see ``HDF5FeatureSink.end_group``)."""
         self._raise()
         self._queue.put("group")
+
+    def wait(self) -> None:
+        """Return once every queued write is done; raise the first error, if any. A banded
+        output is computed while it is written: waiting for it keeps the next batch from
+        running beside it (the memory it was banded for is not there twice)."""
+        if self._thread.is_alive():
+            self._queue.join()
+        self._raise()
 
     def close(self) -> None:
         """Finish every queued write; raise the first error, if any."""

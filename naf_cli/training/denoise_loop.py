@@ -115,7 +115,7 @@ def train_denoiser(config: DenoiseConfig, log: Callable[[str], None] = print) ->
     model = (load_denoiser(config.init, device=device) if config.init else Denoiser().to(device)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     run = TrainingRun(model, optimizer, torch.Generator().manual_seed(config.seed), out_dir, best=-float("inf"))
-    run.resume(device, log)
+    run.resume(log)
     log(f"training a denoiser on {len(data.paths)} images from {config.images}, noise {', '.join(config.kinds)}, "
         f"{config.steps} steps")
 

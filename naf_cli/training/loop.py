@@ -120,7 +120,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
     model = load_naf(config.init, device=device).train() if config.init else NAF().to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     run = TrainingRun(model, optimizer, torch.Generator().manual_seed(config.seed), out_dir, best=float("inf"))
-    run.resume(device, log)
+    run.resume(log)
     names = ", ".join(t.info.name for t in teachers)
     log(f"training on {len(data.paths)} images from {config.images}, teachers {names}, factors {config.factors}, "
         f"{config.steps} steps")

@@ -102,11 +102,14 @@ class TrainingRun:
     def state_path(self) -> Path:
         return self.out_dir / STATE_FILE
 
-    def resume(self, device: torch.device, log: Callable[[str], None]) -> None:
-        """Load ``train_state.pt`` when there is one (a new run otherwise)."""
+    def resume(self, log: Callable[[str], None]) -> None:
+        """Load ``train_state.pt`` when there is one (a new run otherwise).
+
+        Read onto the CPU: the random-number states must stay CPU byte tensors, and loading the
+        model's and optimizer's states copies them to the parameters' device."""
         if not self.state_path.exists():
             return
-        state = torch.load(self.state_path, map_location=device, weights_only=True)
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])

@@ -12,17 +12,16 @@ matrix products, and plain autograd for training.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from naf_cli.modeling import windows
 from naf_cli.modeling.attention.problem import AttentionProblem
+from naf_cli.modeling.index_cache import index_cache
 
 BLOCK = 8
 
 
-@lru_cache(maxsize=32)
+@index_cache(32)
 def axis_blocks(n: int, row0: int, count: int, kernel_size: int, block: int = BLOCK) -> tuple[torch.Tensor, ...]:
     """Blocks along one axis of length ``n``, for positions ``[row0, row0 + count)``.
 
@@ -49,7 +48,7 @@ def axis_blocks(n: int, row0: int, count: int, kernel_size: int, block: int = BL
     return members, region, allowed, block_of, slot
 
 
-@lru_cache(maxsize=64)
+@index_cache(64)
 def block_indices(
     height: int, width: int, row0: int, count: int, kernel_size: int, device: torch.device,
 ) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
 from naf_cli.modeling import windows
+from naf_cli.modeling.attention.precision import autocast_off, reduced_dtype
 from naf_cli.modeling.attention.problem import AttentionProblem
+from naf_cli.modeling.index_cache import index_cache
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class AxisLayout:
     window: torch.Tensor         # [n_low, k']: low-res indices of each cell's window
 
 
-@lru_cache(maxsize=64)
+@index_cache(64)
 def axis_layout(n_out: int, n_low: int, kernel_size: int, device: torch.device) -> AxisLayout:
     """Index tensors for one axis, cached per (sizes, kernel, device)."""
     members, slot = windows.group_index(n_out, n_low)
@@ -68,22 +69,22 @@ def _windows(x: torch.Tensor, window_rows: torch.Tensor, window_cols: torch.Tens
 
 def _cell_row_windows(
     k: torch.Tensor, v: torch.Tensor, window_rows: torch.Tensor, window_cols: torch.Tensor, scale: float,
-    cache: dict[str, object] | None, row: int,
+    cache: dict[str, object] | None, row: int, dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One row of cells' windows: keys transposed and scaled [B*heads*w, d, window], values
-    [B*heads*w, dv, window]; taken from ``cache`` when the previous band used the same row."""
-    if cache is not None and cache.get("cell_row") == row:
+    """One row of cells' windows in ``dtype``: keys transposed and scaled [B*heads*w, d, window],
+    values [B*heads*w, dv, window]; taken from ``cache`` when the previous band used the same row."""
+    if cache is not None and cache.get("cell_row") == row and cache.get("dtype") == dtype:
         kept = cache["windows"]
         assert isinstance(kept, tuple)
         return kept
     batch, heads, head_qk, _, w = k.shape
     window = window_rows.shape[0] * window_cols.shape[1]
     k_win = _windows(k, window_rows, window_cols).permute(0, 1, 4, 2, 3, 5)
-    k_win = k_win.reshape(batch * heads * w, head_qk, window).mul_(scale)
+    k_win = k_win.reshape(batch * heads * w, head_qk, window).mul_(scale).to(dtype)
     v_win = _windows(v, window_rows, window_cols).permute(0, 1, 4, 2, 3, 5)
-    v_win = v_win.reshape(batch * heads * w, v.shape[2], window)
+    v_win = v_win.reshape(batch * heads * w, v.shape[2], window).to(dtype)
     if cache is not None:
-        cache["cell_row"], cache["windows"] = row, (k_win, v_win)
+        cache["cell_row"], cache["dtype"], cache["windows"] = row, dtype, (k_win, v_win)
     return k_win, v_win
 
 
@@ -144,6 +145,8 @@ class CellsBackend:
         fixed = 2 * batch * w * window * (qk_dim + value_dim) * query.element_size()
         chunk_rows = _rows_per_chunk(problem, w * cols.group, window, fixed, max_chunk_bytes)
         scale = 1.0 / math.sqrt(head_qk)
+        # under autocast the products run in its dtype (bmm's out= form is not cast by autocast)
+        dtype = reduced_dtype(query.device.type) or torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
 
         k = key.reshape(batch, num_heads, head_qk, h, w)
         v = value.reshape(batch, num_heads, head_v, h, w)
@@ -151,30 +154,31 @@ class CellsBackend:
             out = query.new_empty(batch, value_dim, n_rows, out_w, dtype=torch.result_type(query, value))
         scratch: list[torch.Tensor] = []
         first = min(h - 1, max(0, bisect.bisect_right(rows.bounds, row0) - 1))
-        for i in range(first, h):
-            ra, rb = max(row0, rows.bounds[i]), min(row0 + n_rows, rows.bounds[i + 1])
-            if rows.bounds[i] >= row0 + n_rows:
-                break
-            if rb <= ra:
-                continue
-            k_win, v_win = _cell_row_windows(k, v, rows.window[i], cols.window, scale, cache, i)
-            for c0 in range(ra, rb, chunk_rows):
-                c1 = min(rb, c0 + chunk_rows)
-                m = c1 - c0
-                q = query[:, :, c0 - row0:c1 - row0].reshape(batch, num_heads, head_qk, m, out_w)
-                if not cols.regular:
-                    q = q.index_select(4, cols.members)
-                # [B, heads, w, m, group, d]: the queries of each cell, cell by cell
-                q = q.reshape(batch, num_heads, head_qk, m, w, cols.group).permute(0, 1, 4, 3, 5, 2)
-                q = q.reshape(batch * num_heads * w, m * cols.group, head_qk)
-                weights = _softmax_logits(q, k_win, scratch)
-                # values times weights, transposed: [B*heads*w, dv, m*group], so that the copy
-                # to the output moves runs of ``group`` pixels rather than single values
-                mixed = torch.bmm(v_win, weights.transpose(1, 2)).view(batch, num_heads, w, head_v, m, cols.group)
-                target = out[:, :, c0 - row0:c1 - row0].view(batch, num_heads, head_v, m, out_w)
-                if cols.regular:
-                    target.view(batch, num_heads, head_v, m, w, cols.group).copy_(mixed.permute(0, 1, 3, 4, 2, 5))
-                else:
-                    flat = mixed.permute(0, 1, 3, 4, 2, 5).reshape(batch, num_heads, head_v, m, w * cols.group)
-                    target.copy_(flat.index_select(4, cols.flat_slot))
+        with autocast_off(query.device.type):  # the dtypes are set here, not by autocast
+            for i in range(first, h):
+                ra, rb = max(row0, rows.bounds[i]), min(row0 + n_rows, rows.bounds[i + 1])
+                if rows.bounds[i] >= row0 + n_rows:
+                    break
+                if rb <= ra:
+                    continue
+                k_win, v_win = _cell_row_windows(k, v, rows.window[i], cols.window, scale, cache, i, dtype)
+                for c0 in range(ra, rb, chunk_rows):
+                    c1 = min(rb, c0 + chunk_rows)
+                    m = c1 - c0
+                    q = query[:, :, c0 - row0:c1 - row0].reshape(batch, num_heads, head_qk, m, out_w)
+                    if not cols.regular:
+                        q = q.index_select(4, cols.members)
+                    # [B, heads, w, m, group, d]: the queries of each cell, cell by cell
+                    q = q.reshape(batch, num_heads, head_qk, m, w, cols.group).permute(0, 1, 4, 3, 5, 2)
+                    q = q.reshape(batch * num_heads * w, m * cols.group, head_qk).to(dtype)
+                    weights = _softmax_logits(q, k_win, scratch)
+                    # values times weights, transposed: [B*heads*w, dv, m*group], so that the copy
+                    # to the output moves runs of ``group`` pixels rather than single values
+                    mixed = torch.bmm(v_win, weights.transpose(1, 2)).view(batch, num_heads, w, head_v, m, cols.group)
+                    target = out[:, :, c0 - row0:c1 - row0].view(batch, num_heads, head_v, m, out_w)
+                    if cols.regular:
+                        target.view(batch, num_heads, head_v, m, w, cols.group).copy_(mixed.permute(0, 1, 3, 4, 2, 5))
+                    else:
+                        flat = mixed.permute(0, 1, 3, 4, 2, 5).reshape(batch, num_heads, head_v, m, w * cols.group)
+                        target.copy_(flat.index_select(4, cols.flat_slot))
         return out

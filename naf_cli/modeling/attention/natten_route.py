@@ -51,7 +51,8 @@ class NattenBackend:
     description = "natten.na2d on K, V nearest-resized to the output (the paper's code)"
 
     def refusal(self, problem: AttentionProblem) -> str | None:
-        """Needs natten, whole ratios, windows that fit the grid, and (on CPU) no gradients."""
+        """Needs natten, whole ratios, windows that fit the grid, compiled kernels for large outputs,
+        and (on CPU) no gradients."""
         if importlib.util.find_spec("natten") is None:
             return "natten is not installed (pip install natten)"
         if problem.integer_ratio is None:
@@ -61,11 +62,11 @@ class NattenBackend:
         widest = max(problem.qk_dim, problem.value_dim) // problem.num_heads
         if _head_width(widest) > 512:
             return f"heads of {widest} channels exceed natten's 512"
-        if problem.device_type == "cpu" and not _compiled():
+        if not _compiled():  # on any device: a CUDA machine may have natten built without its kernels
             positions = problem.out_size[0] * problem.out_size[1]
             mask_bytes = 8 * positions * positions
             if mask_bytes > FLEX_MASK_LIMIT:
-                return (f"without compiled kernels natten's CPU route (flex attention, not compiled) builds a dense "
+                return (f"without compiled kernels natten's route (flex attention, not compiled) builds a dense "
                         f"{positions}x{positions} mask, {mask_bytes / 2**30:.1f} GiB here")
         if problem.needs_grad and problem.device_type == "cpu":
             return "natten has no backward pass on CPU"

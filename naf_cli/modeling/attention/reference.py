@@ -10,13 +10,13 @@ against, not a path for large outputs. Integer ratios only (dilation must be who
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 from naf_cli.modeling import windows
 from naf_cli.modeling.attention.problem import AttentionProblem
+from naf_cli.modeling.index_cache import index_cache
 
 
 def nearest_to_output(
@@ -31,7 +31,7 @@ def nearest_to_output(
             F.interpolate(value, size=(big_h, big_w), mode="nearest"))
 
 
-@lru_cache(maxsize=64)
+@index_cache(64)
 def dilated_neighbors(n_out: int, n_low: int, kernel_size: int, device: torch.device) -> torch.Tensor:
     """[n_out, k']: positions on the output axis that output position ``p`` attends to.
 
