@@ -8,7 +8,7 @@ Steps, in order; the first that fails stops the run (exit 1, its log named):
   bench-*      `naf bench` in fp32 and bf16, with the floor row: x16/x32 beside the reference
                route, x72/x128 alone (natten rows are left out: the GPU image has no natten)
   main-*       the README main job on examples/ with --batch-size 8, --batch-size 1, on the CPU,
-               and under torchrun with one process; every file compared with the batch-1 file
+               and under torchrun with two ranks on one GPU; every file compared with the batch-1 file
                (relative L2 per image at most FILES_AGREE, docs/format.md)
   bf16-error   benchmarks/bf16_error.py: bf16 within 5% of fp32 (relative to fp32 - bilinear)
 DIR receives summary.json, summary.md and steps.log (every step's output); both summaries are
@@ -212,8 +212,11 @@ def main() -> None:
     for name, extra in (("main-b8", ["--device", dev, "--batch-size", "8"]), ("main-b1", ["--device", dev, "--batch-size", "1"]),
                         ("main-cpu", ["--device", "cpu", "--batch-size", "1"])):
         check.run(name, [*naf, *job, *extra, "-o", str(files[name])])
-    check.run("main-torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-                                "-m", "naf_cli", *job, "--device", dev, "-o", str(files["main-torchrun"])])
+    # two ranks on one GPU (gloo start check, one part each, the last completes the file); one
+    # process under torchrun would be a plain run (WORLD_SIZE 1)
+    check.run("main-torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                "-m", "naf_cli", *job, "--device", "cuda:0" if dev == "cuda" else dev,
+                                "-o", str(files["main-torchrun"])])
     for name in ("main-b8", "main-cpu", "main-torchrun"):
         def agree(step: Step, name: str = name) -> None:
             worst = compare_feature_files(files[name], files["main-b1"])
