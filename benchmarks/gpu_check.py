@@ -20,12 +20,13 @@ same steps on the CPU at tiny sizes (CI runs it).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +35,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 # batched against single forwards, CUDA against CPU, torchrun against one process: each image's
-# features agree to this relative L2 error (TF32 convolutions and other kernels, float16 storage)
-FILES_AGREE = 1e-2
+# features agree to this relative L2 error (docs/format.md). TF32 convolutions alone, emulated
+# on the CPU on the four examples, moved them by up to 0.68%
+FILES_AGREE = 2e-2
 PAPER_A100 = {16: (56.2, 1786), 32: (267.9, 7101)}  # ms, MiB: the paper's reference route on an A100
 
 
@@ -48,21 +50,22 @@ class Sizes:
     bench_args: list[str]
     main_args: list[str]
     bf16_count: int
-    step_timeout: int
+    step_timeout: int  # seconds one step may take
+    budget: int        # seconds the whole check may take: no step runs past it
 
 
-# a step on the GPU has 4 minutes: the device tool's command limit is 10, the whole check about 6
-GPU = Sizes("cuda", [(["16", "32"], ["auto", "reference"]), (["72", "128"], ["auto"])], [], ["--scale", "16"], 4, 240)
+# the device tool stops a command after 10 minutes: the check ends inside 9, whatever happens
+GPU = Sizes("cuda", [(["16", "32"], ["auto", "reference"]), (["72", "128"], ["auto"])], [], ["--scale", "16"], 4, 240, 540)
 DRY = Sizes("cpu", [(["2"], ["auto", "reference"]), (["4"], ["auto"])],
             ["--channels", "8", "--lr-size", "4", "--image-size", "32", "--repeats", "1", "--warmup", "0"],
-            ["--scale", "2", "--workers", "0"], 1, 300)
+            ["--scale", "2", "--workers", "0"], 1, 300, 900)
 
 
 @dataclass
 class Step:
     name: str
     command: list[str]
-    status: str = "pending"  # pending, ok, failed
+    status: str = "pending"  # running, ok, failed, not selected (--only)
     seconds: float = 0.0
     detail: str = ""
     figures: dict[str, object] = field(default_factory=dict)
@@ -71,37 +74,61 @@ class Step:
 class Check:
     """Runs the steps in order, logs each, and keeps the summaries current."""
 
-    def __init__(self, out: Path, work: Path, sizes: Sizes) -> None:
-        self.out, self.work, self.sizes = out, work, sizes
+    def __init__(self, out: Path, work: Path, sizes: Sizes, only: Sequence[str] = ()) -> None:
+        self.out, self.work, self.sizes, self.only = out, work, sizes, list(only)
+        self.deadline = time.monotonic() + sizes.budget
         (out / "steps.log").unlink(missing_ok=True)
         self.steps: list[Step] = []
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def run(self, name: str, command: list[str], after: Callable[[Step, str, str], None] | None = None) -> Step:
-        """Run ``command``; ``after(step, stdout, all output)`` reads its result (CheckFailed: wrong)."""
-        step = Step(name, command)
+        """Run ``command``; ``after(step, stdout, all output)`` reads its result (CheckFailed: wrong).
+
+        The step is "running" in the summaries while it runs and its stderr goes to steps.log
+        as it comes, so a check killed from outside still says where it was."""
+        step = Step(name, command, status="running")
         self.steps.append(step)
+        if not self.selected(name):
+            step.status = "not selected"
+            self.write()
+            return step
+        self.write()
         print(f"gpu_check: {name}: {' '.join(command)}", file=sys.stderr, flush=True)
+        timeout = max(1.0, min(self.sizes.step_timeout, self.deadline - time.monotonic()))
         started = time.perf_counter()
-        try:
-            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=self.sizes.step_timeout,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            stdout, output, code = done.stdout, done.stdout + done.stderr, done.returncode
-        except subprocess.TimeoutExpired as err:
-            stdout, code = _text(err.stdout), -1
-            output = stdout + _text(err.stderr) + f"\n(timed out after {self.sizes.step_timeout} s)"
+        with open(self.out / "steps.log", "a") as joined:
+            joined.write(f"===== {name}: {' '.join(command)}\n")
+            joined.flush()
+            offset = joined.tell()
+            try:
+                done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=joined, text=True, timeout=timeout,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                stdout, code = done.stdout, done.returncode
+            except subprocess.TimeoutExpired as err:
+                stdout, code = _text(err.stdout), -1
+                joined.write(f"(stopped after {timeout:.0f} s: the step's limit, or the check's {self.sizes.budget} s)\n")
+            joined.write(stdout)
         step.seconds = round(time.perf_counter() - started, 1)
-        self.log(step, " ".join(command) + "\n\n" + output)
+        with open(self.out / "steps.log") as joined:
+            joined.seek(offset)
+            output = joined.read()
+        (self.work / f"{name}.log").write_text(" ".join(command) + "\n\n" + output)
         if code != 0:
             self.fail(step, f"exit {code}")
         step.figures["last_line"] = (output.strip().splitlines() or [""])[-1][:300]
         self.judge(step, lambda: after(step, stdout, output) if after is not None else None)
         return step
 
+    def selected(self, name: str) -> bool:
+        return not self.only or any(fnmatch.fnmatch(name, pattern) for pattern in self.only)
+
     def verify(self, name: str, check: Callable[[Step], None]) -> Step:
         """A check of earlier steps' results, in this process."""
         step = Step(name, [])
         self.steps.append(step)
+        if not self.selected(name):
+            step.status = "not selected"
+            return step
         self.judge(step, lambda: check(step))
         return step
 
@@ -115,19 +142,14 @@ class Check:
         step.status = "ok"
         self.write()
 
-    def log(self, step: Step, text: str) -> None:
-        (self.work / f"{step.name}.log").write_text(text)
-        with open(self.out / "steps.log", "a") as joined:
-            joined.write(f"===== {step.name} ({step.seconds} s)\n{text}\n")
-
     def fail(self, step: Step, detail: str) -> None:
         step.status, step.detail = "failed", detail
         self.write()
         log = self.work / f"{step.name}.log"
         tail = log.read_text().splitlines()[-15:] if log.exists() else []
         print("\n".join(tail), file=sys.stderr)
-        print(f"error: gpu_check step {step.name} failed ({detail}); log: {log}; fix it and run the check again "
-              "(a second run skips the setup it already did)", file=sys.stderr)
+        print(f"error: gpu_check step {step.name} failed ({detail}); log: {log}; fix: correct it and run the check "
+              f"again (setup is not redone; --only '{step.name}' runs that step alone)", file=sys.stderr)
         raise SystemExit(1)
 
     def write(self) -> None:
@@ -183,19 +205,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="summary.json, summary.md, steps.log (all the logs)")
     parser.add_argument("--work", type=Path, default=REPO / ".gpu-check-work", help="the feature files and one log per step")
     parser.add_argument("--cpu-dry-run", action="store_true", help="the same steps on the CPU at tiny sizes")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="run only the steps whose names match (repeatable; e.g. 'main-*' 'agree-*' after a fix: "
+                             "agree-* reads the main-* files left in --work)")
     args = parser.parse_args()
     sizes = DRY if args.cpu_dry_run else GPU
     out, work = args.out.resolve(), args.work.resolve()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    check = Check(out, work, sizes)
+    check = Check(out, work, sizes, args.only)
     naf = [sys.executable, "-m", "naf_cli"]
     dev = sizes.device
 
     check.run("environment", [*naf, "env", "--device", dev])
 
-    def some_ran(step: Step, _stdout: str, _output: str) -> None:
-        if dev == "cuda" and "passed" not in str(step.figures["last_line"]):
+    def some_ran(step: Step, stdout: str, _output: str) -> None:
+        summary = [line for line in stdout.splitlines() if " in " in line and ("passed" in line or "skipped" in line)]
+        step.figures["result"] = summary[-1] if summary else ""
+        if dev == "cuda" and " passed" not in step.figures["result"]:
             raise CheckFailed("no CUDA test ran on the GPU machine (all skipped)")
 
     check.run("cuda-tests", [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"], after=some_ran)

@@ -88,3 +88,47 @@ def test_cli_writes_in_bands_under_max_memory_with_the_same_bytes(tmp_path, exam
     bad = subprocess.run([*CLI, *common, "--max-memory", "lots", "-o", str(tmp_path / "bad.h5")],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--max-memory must be a size such as 512M or 4G" in bad.stderr
+
+
+def test_the_run_loop_waits_for_a_banded_output_before_the_next_batch(examples_dir, tmp_path):
+    """A banded output is computed on the writer thread while it is written; the next batch
+    must not run beside it (it was banded because memory is short)."""
+    import threading
+    import time
+
+    from naf_cli.pipeline import ImageSource, run_pipeline
+    from naf_cli.pipeline.progress import SilentProgress
+    from naf_cli.pipeline.transforms import Result
+
+    events: list[tuple[str, str, float]] = []
+
+    class BandedEveryTime:
+        """The transform contract, each image's output handed back as slow bands."""
+
+        kind = "extract"
+        device = torch.device("cpu")
+
+        def file_attrs(self):
+            return {}
+
+        def bucket_key(self, image, name):
+            return name
+
+        def run_batch(self, images, names):
+            events.append(("batch", names[0], time.perf_counter()))
+
+            def bands(name=names[0]):
+                for r0 in range(0, 4, 2):
+                    time.sleep(0.1)
+                    yield r0, r0 + 2, torch.full((3, 2, 5), float(r0))
+                events.append(("banded", name, time.perf_counter()))
+                assert threading.current_thread().name == "naf-writer"
+
+            return [Result(BandedFeatures((3, 4, 5), bands))]
+
+    source = ImageSource([examples_dir], [], None)
+    summary = run_pipeline(source, BandedEveryTime(), HDF5FeatureSink(tmp_path / "b.h5"), SilentProgress(), workers=0)
+    assert summary.done == 4
+    order = [(kind, name) for kind, name, _ in sorted(events, key=lambda e: e[2])]
+    names = sorted(p.name for p in examples_dir.glob("*.jpg"))
+    assert order == [(kind, name) for name in names for kind in ("batch", "banded")]

@@ -9,9 +9,10 @@ import torch
 
 from naf_cli.bench.cases import FLOOR, NO_BACKEND, BenchCase, case_flops, case_params, output_bytes, predicted_bytes
 from naf_cli.bench.measure import measure, measure_isolated
+from naf_cli.errors import first_line
 from naf_cli.modeling import NAF
 from naf_cli.modeling.attention import choose_backend, refusals
-from naf_cli.pipeline.memory import available_bytes, gib
+from naf_cli.pipeline.memory import available_bytes, gib, is_out_of_memory
 
 # rows predicted to need more than this share of the available memory are not attempted
 MEMORY_MARGIN = 0.9
@@ -73,7 +74,9 @@ def measure_on_cuda(case: BenchCase, repeats: int, warmup: int) -> dict[str, obj
     try:
         with torch.cuda.device(device):
             return measure(case, repeats, warmup)
-    except torch.OutOfMemoryError:
-        return {"status": f"out of memory (predicted {gib(predicted_bytes(case, NAF()))})"}
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        return {"status": f"out of memory (predicted {gib(predicted_bytes(case, NAF()))}): {first_line(err)}"}
     finally:
         torch.cuda.empty_cache()

@@ -78,6 +78,7 @@ def resolve_device(name: str) -> str:
     import torch
 
     from naf_cli.errors import OptionError
+    from naf_cli.pipeline.memory import make_current
 
     mps = getattr(torch.backends, "mps", None)
     mps_ok = bool(mps is not None and mps.is_available())
@@ -95,6 +96,5 @@ def resolve_device(name: str) -> str:
         raise OptionError(f"--device {name} asked for, but MPS (Apple GPU) is not available on this machine; fix: use --device cpu or auto")
     if device.type not in ("cpu", "cuda", "mps"):
         raise OptionError(f"--device {name}: naf runs on cpu, cuda or mps; fix: use --device auto")
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
+    make_current(device)
     return name

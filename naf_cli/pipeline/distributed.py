@@ -76,11 +76,11 @@ def start_together(rank: TorchrunRank, device: str, agreed: Mapping[str, object]
     rank, naming it. ``first`` runs on rank 0 before the others go on. ``output_folder``
     must be one folder for every rank (a file system shared by the nodes).
     """
-    import torch
     import torch.distributed as dist
 
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+    from naf_cli.pipeline.memory import make_current
+
+    make_current(device)
     # gloo whatever the device: the collectives only swap small Python objects, once, and NCCL
     # would refuse two ranks on one GPU (an explicit --device cuda:N) and start a GPU context early
     dist.init_process_group("gloo", timeout=START_TIMEOUT)

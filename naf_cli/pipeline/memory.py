@@ -33,6 +33,24 @@ def available_bytes(device: torch.device) -> int:
         return 1 << 62  # unknown: do not refuse anything
 
 
+# how CUDA libraries word running out of memory (cuBLAS and cuDNN do not raise OutOfMemoryError)
+OUT_OF_MEMORY_WORDS = ("out of memory", "alloc_failed", "not_enough_workspace")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says a device or the host ran out of memory (torch.OutOfMemoryError is a RuntimeError)."""
+    return isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError) and any(words in str(err).lower() for words in OUT_OF_MEMORY_WORDS))
+
+
+def make_current(device: str | torch.device) -> None:
+    """``cuda:N`` becomes this process's current CUDA device, so that work without an explicit
+    device (CUDA events, the data loader's pinning thread, the CUDA context) goes to GPU N, not GPU 0."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def peak_bytes(device: torch.device) -> int:
     """Peak memory of this process so far: CUDA's max allocated, or the resident-set high-water mark."""
     if device.type == "cuda":

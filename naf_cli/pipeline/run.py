@@ -19,7 +19,7 @@ import torch
 from naf_cli.errors import ImageReadError, InputSkipped, OptionError, RunError, first_line
 from naf_cli.images import DecodedImage
 from naf_cli.pipeline.banded import BandedFeatures
-from naf_cli.pipeline.memory import peak_bytes
+from naf_cli.pipeline.memory import is_out_of_memory, make_current, peak_bytes
 from naf_cli.pipeline.partition import Partition
 from naf_cli.pipeline.progress import Progress, TqdmProgress
 from naf_cli.pipeline.shard_catalog import RunStatus
@@ -108,6 +108,7 @@ def run_pipeline(
     (``summary.status``), whatever process finishes last.
     """
     check_batch_size(batch_size)
+    make_current(transform.device)
     progress = progress or TqdmProgress()
     starts = partition.group_starts(len(source), batch_size)
     mine = [item for start in starts for item in source.items[start:start + batch_size]]
@@ -223,15 +224,6 @@ def _skip(item: InputItem, err: Exception, strict: bool, summary: RunSummary, si
     progress.warn(f"skipped: {reason}")
 
 
-# how CUDA libraries word running out of memory (cuBLAS and cuDNN do not raise OutOfMemoryError)
-OUT_OF_MEMORY_WORDS = ("out of memory", "alloc_failed", "not_enough_workspace")
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, MemoryError) or (
-        isinstance(err, RuntimeError) and any(words in str(err).lower() for words in OUT_OF_MEMORY_WORDS))
-
-
 def _compute_group(
     ready: list[tuple[InputItem, DecodedImage, str]], transform: Transform, strict: bool, summary: RunSummary,
     sink: FeatureSink, progress: Progress, notes: set[str],
@@ -248,7 +240,7 @@ def _compute_group(
         try:
             outputs = transform.run_batch([image for _, image in batch], [item.name for item, _ in batch])
         except (InputSkipped, ImageReadError, MemoryError, RuntimeError) as err:
-            if isinstance(err, RuntimeError) and not _is_out_of_memory(err):
+            if isinstance(err, RuntimeError) and not is_out_of_memory(err):
                 raise
             if len(batch) == 1 and isinstance(err, InputSkipped | ImageReadError):
                 _skip(batch[0][0], err, strict, summary, sink, progress)
