@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from naf_cli import load_backbone, load_naf
+from naf_cli.bench.measure import timed
 from naf_cli.images import read_image
 from naf_cli.pipeline.sources import list_images
 from naf_cli.pipeline.transforms import ExtractFeatures, guidance_image
@@ -36,20 +36,22 @@ def main() -> None:
     extract = ExtractFeatures(load_backbone("effnet-lite0"), 448)
     model = load_naf().eval().to(device)
     ratios, t32, t16 = [], 0.0, 0.0
-    for path in list_images(args.photos)[: args.count]:
+    for index, path in enumerate(list_images(args.photos)[: args.count]):
         image = read_image(path)[0]
         lr = extract(image).features[None].to(device)
         size = (lr.shape[-2] * 16, lr.shape[-1] * 16)
         guide = guidance_image(image.rgb()[None], size).to(device)
         with torch.inference_mode():
-            started = _now(device)
-            fp32 = model(guide, lr, size)
-            t32 += _now(device) - started
-            started = _now(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            if index == 0:  # start-up (CUDA kernels, oneDNN primitives) is not timed
+                model(guide, lr, size)
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    model(guide, lr, size)
+            with timed(device) as ms32:
+                fp32 = model(guide, lr, size)
+            with timed(device) as ms16, torch.autocast(device.type, dtype=torch.bfloat16):
                 bf16 = model(guide, lr, size).float()
-            t16 += _now(device) - started
             bilinear = F.interpolate(lr, size=size, mode="bilinear", align_corners=False)
+        t32, t16 = t32 + ms32[0] / 1000, t16 + ms16[0] / 1000
         ratio = float((bf16 - fp32).norm() / (fp32 - bilinear).norm())
         ratios.append(ratio)
         print(f"{path.name}: {size[0]}x{size[1]}, ||bf16 - fp32|| / ||fp32 - bilinear|| = {100 * ratio:.2f}%")
@@ -58,12 +60,6 @@ def main() -> None:
     if 100 * max(ratios) > args.max_percent:
         print(f"error: bf16 is {100 * max(ratios):.2f}% off fp32, above --max-percent {args.max_percent}", file=sys.stderr)
         sys.exit(1)
-
-
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 if __name__ == "__main__":

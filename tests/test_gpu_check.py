@@ -65,6 +65,21 @@ def test_a_failing_step_stops_the_check_with_one_line_and_a_summary(tmp_path, ca
     assert [(s["name"], s["status"]) for s in summary["steps"]] == [("first", "ok"), ("broken", "failed")]
 
 
+def test_steps_stop_at_the_checks_budget_and_only_selected_steps_run(tmp_path, capsys):
+    from dataclasses import replace
+
+    gpu_check = _module()
+    check = gpu_check.Check(tmp_path, tmp_path, replace(gpu_check.DRY, budget=2), only=["slow*"])
+    skipped = check.run("other", [sys.executable, "-c", "raise SystemExit(5)"])
+    assert skipped.status == "not selected"
+    with pytest.raises(SystemExit):
+        check.run("slow", [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(30)"])
+    log = (tmp_path / "steps.log").read_text()
+    assert "===== slow:" in log and "stopped after 2 s" in log
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"][1]["status"] == "failed" and summary["steps"][1]["seconds"] < 20
+
+
 def _feature_file(path: Path, images: dict[str, np.ndarray], complete: bool = True) -> Path:
     with h5py.File(path, "w") as f:
         f.attrs["complete"] = complete

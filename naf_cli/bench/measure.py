@@ -75,7 +75,7 @@ def build_forward(case: BenchCase) -> Forward:
             generator = torch.Generator().manual_seed(seed)
             guide = torch.rand(case.batch, 3, *case.guidance, generator=generator).to(device)
             guide = guide.contiguous(memory_format=torch.channels_last)
-            with _timed(device) as elapsed:
+            with timed(device) as elapsed:
                 for chain in chains:
                     chain(guide)
             return elapsed[0]
@@ -86,7 +86,7 @@ def build_forward(case: BenchCase) -> Forward:
 
     def run(seed: int) -> float:
         image, features = _inputs(case, seed)
-        with _timed(device) as elapsed, _autocast(case):
+        with timed(device) as elapsed, _autocast(case):
             if case.banded and isinstance(model, NAF):
                 for _r0, _r1, rows in model.forward_bands(image, features, size):
                     del rows  # a sink that takes each band and lets it go
@@ -99,7 +99,7 @@ def build_forward(case: BenchCase) -> Forward:
 
 
 @contextlib.contextmanager
-def _timed(device: torch.device) -> Iterator[list[float]]:
+def timed(device: torch.device) -> Iterator[list[float]]:
     """Yields a list that holds the block's duration in ms once it ends (CUDA events on a GPU)."""
     elapsed: list[float] = []
     if device.type == "cuda":
