@@ -37,7 +37,10 @@ def report():
     result = _bench("--ratio", "2", "2.5", "--upsampler", "naf", "bilinear", "--backend", "cells", "reference", *SMALL, "--json")
     assert result.returncode == 0, result.stderr
     assert "[1/8]" in result.stderr  # progress on stderr, results alone on stdout
-    return json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    measured = [r for r in report["rows"] if r["status"] == "ok"]
+    assert measured and result.stderr.count("  forward 1/1 (timed): ") == len(measured)  # a line per forward
+    return report
 
 
 def _flops_of(fn) -> int:
@@ -111,3 +114,27 @@ def test_table_and_bad_options():
     assert bad.returncode == 2 and "--precision must be one of fp32, bf16, fp16" in bad.stderr
     bad = _bench("--backend", "fused")
     assert bad.returncode == 2 and "unknown attention backend 'fused'" in bad.stderr
+
+
+def test_an_interrupted_bench_prints_the_rows_it_finished():
+    """A scheduler's SIGTERM to the whole group mid-table: the finished rows are still printed."""
+    import os
+    import signal
+
+    args = ["--ratio", "2", "2.5", "3", "--upsampler", "naf", "--no-floor", "--channels", "8", "--lr-size", "6",
+            "--image-size", "24", "--repeats", "200", "--warmup", "1", "--json"]
+    bench = subprocess.Popen([*CLI, "bench", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    assert bench.stderr is not None
+    seen = []
+    for line in bench.stderr:
+        seen.append(line)
+        if line.startswith("[2/3]"):  # the first row is done, the second starting
+            break
+    os.killpg(bench.pid, signal.SIGTERM)
+    out, err = bench.communicate(timeout=120)
+    assert bench.returncode == 130, "".join(seen) + err
+    report = json.loads(out)
+    assert report["interrupted"] and [r["ratio"] for r in report["rows"]] == [2.0]
+    assert report["rows"][0]["status"] == "ok" and report["rows"][0]["ms_per_image"] > 0
+    assert "error: interrupted after 1 of 3 rows" in err and "Traceback" not in err

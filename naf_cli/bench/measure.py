@@ -14,6 +14,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -116,9 +117,19 @@ def timed(device: torch.device) -> Iterator[list[float]]:
     elapsed.append((time.perf_counter() - started) * 1000)
 
 
-def measure(case: BenchCase, repeats: int = 3, warmup: int = 1) -> dict[str, object]:
+def forward_line(index: int, total: int, warmup: int, ms: float) -> str:
+    """What one finished forward says: its time, and after the first an estimate for the row."""
+    kind = "warm-up" if index < warmup else "timed"
+    left = (total - index - 1) * ms / 1000
+    estimate = f"; row done in about {left:.0f} s" if index == 0 and left >= 1 else ""
+    return f"  forward {index + 1}/{total} ({kind}): {ms:,.0f} ms{estimate}"
+
+
+def measure(
+    case: BenchCase, repeats: int = 3, warmup: int = 1, on_forward: Callable[[str], None] | None = None,
+) -> dict[str, object]:
     """Run ``case`` here: ms per image (median of ``repeats``), FPS, peak memory (GFLOPs and
-    parameters need no run: ``bench.cases``)."""
+    parameters need no run: ``bench.cases``). ``on_forward`` gets a line after each forward."""
     device = torch.device(case.device)
     forward = build_forward(case)
     if device.type == "cuda":
@@ -128,10 +139,14 @@ def measure(case: BenchCase, repeats: int = 3, warmup: int = 1) -> dict[str, obj
     else:
         _reset_high_water_mark()
         baseline = _status_kib("VmRSS") * 1024
+    timings = []
     with torch.inference_mode():
-        for seed in range(warmup):
-            forward(1000 + seed)
-        timings = [forward(seed) for seed in range(repeats)]
+        for index in range(warmup + repeats):
+            ms = forward(1000 + index if index < warmup else index - warmup)
+            if index >= warmup:
+                timings.append(ms)
+            if on_forward is not None:
+                on_forward(forward_line(index, warmup + repeats, warmup, ms))
     high_water = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_kib("VmHWM") * 1024
     peak = high_water - baseline
     ms = statistics.median(timings) / case.batch
@@ -144,22 +159,50 @@ def measure(case: BenchCase, repeats: int = 3, warmup: int = 1) -> dict[str, obj
     }
 
 
-def measure_isolated(case: BenchCase, repeats: int = 3, warmup: int = 1, timeout: float | None = None) -> dict[str, object]:
-    """``measure`` in a fresh Python process (a CPU's peak must not carry over between rows)."""
+# marks the worker's progress lines on its stderr, relayed by the parent as they come
+PROGRESS = "naf-bench-progress: "
+
+
+def measure_isolated(
+    case: BenchCase, repeats: int = 3, warmup: int = 1, timeout: float | None = None,
+    on_forward: Callable[[str], None] | None = None,
+) -> dict[str, object]:
+    """``measure`` in a fresh Python process (a CPU's peak must not carry over between rows);
+    its per-forward lines reach ``on_forward`` as they come. The process is stopped with the
+    caller (an interrupt while it runs)."""
     request = json.dumps({"case": case.as_dict(), "repeats": repeats, "warmup": warmup})
+    worker = subprocess.Popen([sys.executable, "-m", "naf_cli.bench.measure", request],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+
+    def relay() -> None:
+        assert worker.stderr is not None
+        for line in worker.stderr:
+            if line.startswith(PROGRESS):
+                if on_forward is not None:
+                    on_forward(line[len(PROGRESS):].rstrip("\n"))
+            elif line.strip():
+                said[:] = [*said[-4:], line.strip()]
+
+    relaying = threading.Thread(target=relay, name="naf-bench-relay", daemon=True)
+    relaying.start()
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "naf_cli.bench.measure", request], capture_output=True, text=True, timeout=timeout,
-        )
+        code = worker.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"status": f"timed out after {timeout:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        if done.returncode < 0:
-            return {"status": f"killed by signal {-done.returncode} (out of memory?)"}
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"status": f"failed: {last}"}
-    return json.loads(lines[-1])
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        relaying.join(timeout=5)
+    assert worker.stdout is not None
+    lines = [line for line in worker.stdout.read().splitlines() if line.startswith("{")]
+    worker.stdout.close()
+    if code != 0 or not lines:
+        if code < 0:
+            return {"status": f"killed by signal {-code} (out of memory?)"}
+        return {"status": f"failed: {(said or ['no output'])[-1]}"}
+    return dict(json.loads(lines[-1]))
 
 
 def _worker(request: str) -> None:
@@ -167,7 +210,8 @@ def _worker(request: str) -> None:
 
     keep_freed_memory()
     parsed = json.loads(request)
-    row = measure(BenchCase(**parsed["case"]), parsed["repeats"], parsed["warmup"])
+    row = measure(BenchCase(**parsed["case"]), parsed["repeats"], parsed["warmup"],
+                  on_forward=lambda line: print(PROGRESS + line, file=sys.stderr, flush=True))
     row["status"] = "ok"
     print(json.dumps(row))
 

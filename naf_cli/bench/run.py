@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import torch
@@ -43,11 +43,20 @@ def base_row(case: BenchCase, backend: str, model: NAF) -> dict[str, object]:
 
 def run_bench(
     cases: list[BenchCase], repeats: int, warmup: int, on_row: Callable[[int, int, BenchCase], None] | None = None,
+    on_forward: Callable[[str], None] | None = None,
 ) -> list[dict[str, object]]:
-    """One row per case. CPU rows each run in a fresh process; CUDA rows run here with the
-    peak statistics reset per row."""
+    """One row per case (``bench_rows``, all of them)."""
+    return list(bench_rows(cases, repeats, warmup, on_row, on_forward))
+
+
+def bench_rows(
+    cases: list[BenchCase], repeats: int, warmup: int, on_row: Callable[[int, int, BenchCase], None] | None = None,
+    on_forward: Callable[[str], None] | None = None,
+) -> Iterator[dict[str, object]]:
+    """Each case's row as soon as it is measured (an interrupted table keeps the finished rows).
+    CPU rows each run in a fresh process; CUDA rows run here with the peak statistics reset per
+    row. ``on_row`` hears of each row before it runs, ``on_forward`` gets a line per forward."""
     model = NAF()
-    rows = []
     for index, case in enumerate(cases):
         if on_row is not None:
             on_row(index, len(cases), case)
@@ -59,21 +68,23 @@ def run_bench(
         elif need > MEMORY_MARGIN * have:
             row["status"] = f"skipped: predicted {gib(need)}, {gib(have)} available"
         else:
-            measured = measure_on_cuda(case, repeats, warmup) if case.device.startswith("cuda") else measure_isolated(case, repeats, warmup)
+            measured = (measure_on_cuda(case, repeats, warmup, on_forward) if case.device.startswith("cuda")
+                        else measure_isolated(case, repeats, warmup, on_forward=on_forward))
             measured.setdefault("status", "ok")
             row.update(measured)
-        rows.append(row)
-    return rows
+        yield row
 
 
-def measure_on_cuda(case: BenchCase, repeats: int, warmup: int) -> dict[str, object]:
+def measure_on_cuda(
+    case: BenchCase, repeats: int, warmup: int, on_forward: Callable[[str], None] | None = None,
+) -> dict[str, object]:
     """``measure`` in this process on the case's GPU (events recorded on its stream), starting
     from an empty cache; running out of memory ends the row, not the table."""
     device = torch.device(case.device)
     torch.cuda.empty_cache()  # the last row's cached blocks are not this row's
     try:
         with torch.cuda.device(device):
-            return measure(case, repeats, warmup)
+            return measure(case, repeats, warmup, on_forward)
     except (MemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):
             raise

@@ -44,7 +44,8 @@ def bench(
 
     from naf_cli.bench.cases import INTERPOLATIONS, PRECISIONS, expand_cases
     from naf_cli.bench.machine import machine_report
-    from naf_cli.bench.run import run_bench
+    from naf_cli.bench.run import bench_rows
+    from naf_cli.cli.errors import EXIT_INTERRUPTED
     from naf_cli.cli.options import resolve_device
     from naf_cli.errors import OptionError
     from naf_cli.modeling.attention import BACKENDS
@@ -79,12 +80,25 @@ def bench(
     def progress(index: int, total: int, case: BenchCase) -> None:
         print(f"[{index + 1}/{total}] {_label(case)}", file=sys.stderr, flush=True)
 
-    rows = run_bench(cases, repeats, warmup, progress)
-    report = {"machine": machine_report(target), "rows": rows}
+    def said(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    rows: list[dict[str, object]] = []
+    interrupted = False
+    try:
+        for row in bench_rows(cases, repeats, warmup, progress, said):
+            rows.append(row)
+    except KeyboardInterrupt:  # Ctrl-C or a scheduler's SIGTERM: the finished rows are still a table
+        interrupted = True
+    report = {"machine": machine_report(target), "rows": rows, "interrupted": interrupted}
     if as_json:
         print(json.dumps(report, indent=2))
-        return
-    _render(report)
+    else:
+        _render(report)
+    if interrupted:
+        print(f"error: interrupted after {len(rows)} of {len(cases)} rows (printed above); fix: rerun for the rest, "
+              "e.g. with fewer --ratio or --upsampler values", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _label(case: BenchCase) -> str:
@@ -122,5 +136,8 @@ def _render(report: dict) -> None:
     console.print(table)
     bf16 = "bf16 in hardware: the attention runs in bf16 under autocast" if machine["cpu_bf16_hardware"] else (
         "no bf16 in hardware: the attention stays fp32 under autocast on this CPU")
-    console.print(f"CPU flags: {', '.join(machine['cpu_flags']) or 'none of interest'} ({bf16}). peak MB: above the memory in use "
-                  "before the first forward, output included; > output MB: the peak less the output.")
+    console.print(f"CPU flags: {', '.join(machine['cpu_flags']) or 'none of interest'} ({bf16}).")
+    console.print("floor: the encoder's convolutions alone (plain, no norms, no attention) on the same guidance image: "
+                  "what any upsampler with this encoder costs at least. ms/img: median of the timed forwards. "
+                  "peak MB: the most memory in use above what was in use before the first forward, output included; "
+                  "> output MB: that peak less the output tensor itself (what the upsampler needs besides its result).")
