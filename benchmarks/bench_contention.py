@@ -1,0 +1,75 @@
+"""How NAF and the floor slow down on a busy machine: each row idle, then beside competitors.
+
+    python benchmarks/bench_contention.py [--load 2] [--ratio 16] [--threads N ...] [--repeats 3]
+
+A competitor is a plain process looping 1-thread fp32 512 x 512 matrix products, unpinned (a
+neighbour's job on a shared node). Each row (the floor, and NAF with the paper's setting:
+features [384, 28, 28], 448 x 448 photo) is timed in this process, idle then loaded, with the
+thread counts given (default: torch's). Prints one Markdown row per (row, threads): idle ms,
+loaded ms, slowdown, and NAF's slowdown over the floor's (the speed issue's goal: at most 1.5).
+Time it on an otherwise idle machine (check `uptime`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+
+import torch
+
+from naf_cli.bench.cases import BenchCase
+from naf_cli.bench.machine import machine_report
+from naf_cli.bench.measure import build_forward
+
+
+def _compete(stop: multiprocessing.synchronize.Event) -> None:
+    torch.set_num_threads(1)
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    while not stop.is_set():
+        for _ in range(20):
+            a = torch.mm(a, b).div_(512 ** 0.5)
+
+
+def _median_ms(upsampler: str, ratio: float, repeats: int) -> float:
+    forward = build_forward(BenchCase(upsampler, ratio, backend="auto" if upsampler == "naf" else "-"))
+    forward(1000)  # warm-up
+    return statistics.median(forward(seed) for seed in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--load", type=int, default=2, help="competing processes")
+    parser.add_argument("--ratio", type=float, default=16)
+    parser.add_argument("--threads", type=int, nargs="*", default=[], help="torch threads to try (default: torch's own)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    machine = machine_report("cpu")
+    print(f"{machine['cpu']}, {machine['cores']} cores, flags {', '.join(machine['cpu_flags'])}, torch {machine['torch']}, "
+          f"x{args.ratio:g}, {args.load} competitors, {time.strftime('%Y-%m-%d')}")
+    print("| row | threads | idle ms | loaded ms | slowdown |\n|---|---|---|---|---|")
+    slowdowns: dict[tuple[str, int], float] = {}
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        for row in ("floor", "naf"):
+            idle = _median_ms(row, args.ratio, args.repeats)
+            stop = multiprocessing.Event()
+            competitors = [multiprocessing.Process(target=_compete, args=(stop,), daemon=True) for _ in range(args.load)]
+            for competitor in competitors:
+                competitor.start()
+            try:
+                time.sleep(1.0)  # the competitors are running
+                loaded = _median_ms(row, args.ratio, args.repeats)
+            finally:
+                stop.set()
+                for competitor in competitors:
+                    competitor.join(timeout=10)
+            slowdowns[(row, threads)] = loaded / idle
+            print(f"| {row} | {threads} | {idle:,.0f} | {loaded:,.0f} | {loaded / idle:.2f}x |", flush=True)
+        print(f"| NAF's slowdown / the floor's | {threads} | | | "
+              f"{slowdowns[('naf', threads)] / slowdowns[('floor', threads)]:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
