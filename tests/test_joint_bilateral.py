@@ -95,3 +95,21 @@ def test_an_edge_in_the_guidance_is_kept_by_jbu_and_blurred_by_bilinear():
     bilinear = F.interpolate(features, size=(32, 32), mode="bilinear", align_corners=False)
     truth = image[:, :1]
     assert (out - truth).abs().mean() < 0.5 * (bilinear - truth).abs().mean()
+
+
+@pytest.mark.parametrize("grid,size", [((3, 4), (48, 64)), ((5, 7), (37, 53)), ((6, 6), (12, 12))])
+def test_jbf_with_the_shipped_settings_equals_the_window_sum_over_the_bilinear_map(grid, size):
+    """The fast route (window weights folded onto cells) against the plain one (every window
+    pixel of the bilinear map read), at the shipped sigmas and their 33 x 33 window."""
+    from naf_cli.upsamplers import JBF_SIGMAS
+
+    torch.manual_seed(2)
+    image, features = torch.rand(1, 3, 40, 50), torch.randn(2, 6, *grid)
+    image = image.expand(2, -1, -1, -1).contiguous()
+    module = JointBilateralFilter(*JBF_SIGMAS)
+    assert module.radius == 16
+    smooth = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+    guide = resize_guidance(image, size)
+    rows, cols = torch.arange(size[0]), torch.arange(size[1])
+    plain = module.mix(smooth, guide, guide, (rows.float(), cols.float()), (rows, cols))
+    torch.testing.assert_close(module(image, features, size), plain, atol=2e-5, rtol=2e-5)

@@ -110,25 +110,105 @@ class JointBilateralUpsampling(JointBilateral):
         return self.mix(features, resize_guidance(guide, (h, w)), resize_guidance(guide, (H, W)), (ys, xs), cells)
 
 
+# bytes of one JBF band's window weights (and their temporaries): rows are taken so they fit
+JBF_BAND_BYTES = 64 * 2**20
+
+
+def bilinear_taps(n_out: int, n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where ``F.interpolate(mode="bilinear", align_corners=False)`` reads each output position
+    of one axis: the two input cells and their weights, [n_out] each (the same cell twice at the
+    far edge). Computed as PyTorch does: source = max(0, (out + 0.5) * n_in / n_out - 0.5)."""
+    source = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    first = source.floor().long().clamp(max=n_in - 1)
+    second = (first + 1).clamp(max=n_in - 1)
+    frac = source - first
+    return first, second, 1 - frac, frac
+
+
+def window_to_cells(n_out: int, n_in: int, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each output position p of one axis, how its window's bilinear values draw on cells.
+
+    Returns ``(base, spread)``: ``base`` [n_out], the lowest cell p's window reads, and
+    ``spread`` [n_out, 2 radius + 1, K] (float64): window position ``p + d`` (``d`` from
+    ``-radius``) takes weight ``spread[p, d + radius, k]`` of cell ``base[p] + k``; zero where
+    ``p + d`` is outside the axis. K is the most cells any window reads.
+    """
+    first, second, w_first, w_second = bilinear_taps(n_out, n_in)
+    positions = torch.arange(n_out)[:, None] + torch.arange(-radius, radius + 1)[None, :]
+    inside = (positions >= 0) & (positions < n_out)
+    clamped = positions.clamp(0, n_out - 1)
+    base = first[clamped[:, 0]]
+    span = int((second[clamped[:, -1]] - base).max()) + 1
+    spread = torch.zeros(n_out, 2 * radius + 1, span, dtype=torch.float64)
+    for cells, weights in ((first, w_first), (second, w_second)):
+        spread.scatter_add_(2, (cells[clamped] - base[:, None])[..., None], (weights[clamped] * inside)[..., None])
+    return base, spread
+
+
 class JointBilateralFilter(JointBilateral):
     """JBF: the bilinearly upsampled features filtered by a joint bilateral filter, its window
     ``(2 radius + 1)^2`` output pixels: pixel p = sum over pixels q of the window of
     B(q) exp(-|p - q|^2 / 2 sigma_spatial^2) exp(-|I(p) - I(q)|^2 / 2 sigma_range^2), normalised
-    (B: bilinear upsampling, I: the guidance at the output size; pixels outside are left out)."""
+    (B: bilinear upsampling, I: the guidance at the output size; pixels outside are left out).
+
+    Computed exactly without the bilinear map: B(q) mixes the four cells around q, so each
+    pixel's window weights fold into weights over the few cells its window reads (separably:
+    rows, then columns), and the features are read once per such cell rather than once per
+    window pixel (a 33 x 33 window at x16 reads 4 x 4 cells).
+    """
 
     def __init__(self, sigma_spatial: float = 2.0, sigma_range: float = 0.1, radius: int | None = None,
-                 band_rows: int = BAND_ROWS) -> None:
-        super().__init__(sigma_spatial, sigma_range, radius, band_rows)
+                 band_rows: int | None = None) -> None:
+        super().__init__(sigma_spatial, sigma_range, radius, band_rows or BAND_ROWS)
+        self.fixed_band_rows = band_rows
 
     def peak_bytes(self, channels: int, output_size: tuple[int, int], batch: int = 1,
                    guidance_size: tuple[int, int] | None = None) -> int:
-        # the bilinear map and the output
-        return 2 * batch * channels * output_size[0] * output_size[1] * 4
+        # the output, the guidance at the output size, and one band's window weights
+        pixels = batch * output_size[0] * output_size[1]
+        return pixels * (channels + 3) * 4 + 3 * JBF_BAND_BYTES
+
+    def _rows_per_band(self, batch: int, width: int) -> int:
+        if self.fixed_band_rows is not None:
+            return self.fixed_band_rows
+        window = (2 * self.radius + 1) ** 2
+        return max(1, JBF_BAND_BYTES // (batch * width * window * 4))
 
     def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         """image [B, 3, H_img, W_img], features [B, C, h, w] -> [B, C, H, W]."""
-        H, W = int(output_size[0]), int(output_size[1])
-        smooth = F.interpolate(features, size=(H, W), mode="bilinear", align_corners=False)
-        guide = resize_guidance(image.to(features.dtype), (H, W))
-        rows, columns = torch.arange(H, device=features.device), torch.arange(W, device=features.device)
-        return self.mix(smooth, guide, guide, (rows.to(features.dtype), columns.to(features.dtype)), (rows, columns))
+        (h, w), (H, W) = features.shape[-2:], (int(output_size[0]), int(output_size[1]))
+        batch, r = features.shape[0], self.radius
+        device, dtype = features.device, features.dtype
+        guide = resize_guidance(image.to(dtype), (H, W))
+        padded = F.pad(guide, (r, r, r, r))
+        row_base, row_spread = (t.to(device) for t in window_to_cells(H, h, r))
+        col_base, col_spread = (t.to(device) for t in window_to_cells(W, w, r))
+        row_spread, col_spread = row_spread.to(dtype), col_spread.to(dtype)
+        offsets = torch.arange(-r, r + 1, device=device, dtype=dtype)
+        spatial = -(offsets[:, None].square() + offsets[None, :].square()) / (2 * self.sigma_spatial ** 2)  # [2r+1, 2r+1]
+        window_cols = torch.arange(W, device=device)[:, None] + torch.arange(-r, r + 1, device=device)
+        cols_inside = (window_cols >= 0) & (window_cols < W)  # [W, 2r+1]
+        out = features.new_empty(batch, features.shape[1], H, W)
+        for r0, r1 in _bands(H, self._rows_per_band(batch, W)):
+            centre = guide[:, :, r0:r1]  # [B, 3, rows, W]
+            # window pixels: [B, 3, rows, 2r+1 (dy), W, 2r+1 (dx)] as views of the padded guidance
+            around = padded[:, :, r0:r1 + 2 * r].unfold(2, 2 * r + 1, 1).unfold(3, 2 * r + 1, 1)  # [B, 3, rows, W, dy, dx]
+            colour = (around - centre[..., None, None]).square().sum(1)  # [B, rows, W, dy, dx]
+            logits = colour.mul_(-1 / (2 * self.sigma_range ** 2)).add_(spatial)
+            window_rows = torch.arange(r0, r1, device=device)[:, None] + torch.arange(-r, r + 1, device=device)
+            rows_inside = (window_rows >= 0) & (window_rows < H)  # [rows, dy]
+            inside = rows_inside[:, None, :, None] & cols_inside[None, :, None, :]  # [rows, W, dy, dx]
+            logits.masked_fill_(~inside, float("-inf"))
+            weights = torch.softmax(logits.flatten(-2), dim=-1).view_as(logits)
+            # fold the window into cells: [B, rows, W, Ky, Kx]
+            on_cells = torch.einsum("bywij,yik,wjl->bywkl", weights, row_spread[r0:r1], col_spread)
+            band = out[:, :, r0:r1]
+            band.zero_()
+            ky, kx = on_cells.shape[-2:]
+            for k in range(ky):
+                cell_rows = (row_base[r0:r1] + k).clamp(max=h - 1)
+                picked_rows = features.index_select(2, cell_rows)  # [B, C, rows, w]
+                for m in range(kx):
+                    cell_cols = (col_base + m).clamp(max=w - 1)
+                    band.add_(picked_rows.index_select(3, cell_cols) * on_cells[:, None, :, :, k, m])
+        return out
