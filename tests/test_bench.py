@@ -137,4 +137,4 @@ def test_an_interrupted_bench_prints_the_rows_it_finished():
     report = json.loads(out)
     assert report["interrupted"] and [r["ratio"] for r in report["rows"]] == [2.0]
     assert report["rows"][0]["status"] == "ok" and report["rows"][0]["ms_per_image"] > 0
-    assert "error: interrupted after 1 of 3 rows" in err and "Traceback" not in err
+    assert "error: interrupted after 1 of 3 rows (printed above); fix: " in err and "Traceback" not in err

@@ -28,7 +28,7 @@ def test_blocks_cached_by_the_allocator_count_as_available(monkeypatch):
 def test_a_bench_row_out_of_gpu_memory_ends_that_row_not_the_table(monkeypatch, error):
     calls = []
 
-    def measure(case, repeats, warmup):
+    def measure(case, repeats, warmup, on_forward=None):
         calls.append(case.ratio)
         if case.ratio == 2:
             raise error
@@ -45,7 +45,7 @@ def test_a_bench_row_out_of_gpu_memory_ends_that_row_not_the_table(monkeypatch, 
     assert rows[0]["status"].startswith("out of memory") and rows[0]["ms_per_image"] is None
     assert rows[1]["status"] == "ok" and rows[1]["ms_per_image"] == 1.0
     assert len(emptied) >= 2  # the cache is emptied between rows: no row inherits another's
-    monkeypatch.setattr(bench_run, "measure", lambda case, repeats, warmup: (_ for _ in ()).throw(RuntimeError("bad kernel")))
+    monkeypatch.setattr(bench_run, "measure", lambda case, repeats, warmup, on_forward=None: (_ for _ in ()).throw(RuntimeError("bad kernel")))
     with pytest.raises(RuntimeError, match="bad kernel"):  # other failures are not taken for memory
         bench_run.run_bench(cases[:1], repeats=1, warmup=0)
 

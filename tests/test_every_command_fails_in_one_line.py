@@ -232,18 +232,21 @@ def test_an_interrupt(place, tmp_path, command):
     process = subprocess.Popen([*NAF, *_fill(INTERRUPTED[command], place, tmp_path)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
-    first = process.stderr.readline()  # the command has started (bench prints its first line later)
-    if command in ("train", "bench"):
-        time.sleep(2 if command == "train" else 20)
-    else:  # interrupted while it works: right after its first image is done
-        while not first.startswith("[1/") and first:
+    first = process.stderr.readline()  # the command has started
+    if command == "train":
+        time.sleep(2)
+    else:  # interrupted while it works: right after its first image (bench: its first forward) is done
+        started = "  forward " if command == "bench" else "[1/"
+        while not first.startswith(started) and first:
             first = process.stderr.readline()
     assert process.poll() is None, f"{command} ended before it could be interrupted: {first}"
     process.send_signal(signal.SIGINT)
     rest = process.stderr.read()
     assert process.wait(timeout=120) == 130, first + rest
     errors = [line for line in rest.splitlines() if line.startswith("error:")]
-    assert errors == ["error: interrupted; fix: rerun the same command to go on (finished work is kept)"], rest
+    expected = ("error: interrupted after 0 of 3 rows; fix: rerun for the rest, e.g. with fewer --ratio or --upsampler values"
+                if command == "bench" else "error: interrupted; fix: rerun the same command to go on (finished work is kept)")
+    assert errors == [expected], rest
     assert "Traceback" not in rest and "Exception ignored" not in rest
 
 

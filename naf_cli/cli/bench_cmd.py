@@ -96,7 +96,8 @@ def bench(
     else:
         _render(report)
     if interrupted:
-        print(f"error: interrupted after {len(rows)} of {len(cases)} rows (printed above); fix: rerun for the rest, "
+        printed = " (printed above)" if rows else ""
+        print(f"error: interrupted after {len(rows)} of {len(cases)} rows{printed}; fix: rerun for the rest, "
               "e.g. with fewer --ratio or --upsampler values", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED)
 
