@@ -188,6 +188,8 @@ class JointBilateralFilter(JointBilateral):
         spatial = -(offsets[:, None].square() + offsets[None, :].square()) / (2 * self.sigma_spatial ** 2)  # [2r+1, 2r+1]
         window_cols = torch.arange(W, device=device)[:, None] + torch.arange(-r, r + 1, device=device)
         cols_inside = (window_cols >= 0) & (window_cols < W)  # [W, 2r+1]
+        # the columns of cell base + m for every output column (beyond the grid: weight 0, clamped)
+        cell_cols = [(col_base + m).clamp(max=w - 1) for m in range(col_spread.shape[-1])]
         out = features.new_empty(batch, features.shape[1], H, W)
         for r0, r1 in _bands(H, self._rows_per_band(batch, W)):
             centre = guide[:, :, r0:r1]  # [B, 3, rows, W]
@@ -204,11 +206,8 @@ class JointBilateralFilter(JointBilateral):
             on_cells = torch.einsum("bywij,yik,wjl->bywkl", weights, row_spread[r0:r1], col_spread)
             band = out[:, :, r0:r1]
             band.zero_()
-            ky, kx = on_cells.shape[-2:]
-            for k in range(ky):
-                cell_rows = (row_base[r0:r1] + k).clamp(max=h - 1)
-                picked_rows = features.index_select(2, cell_rows)  # [B, C, rows, w]
-                for m in range(kx):
-                    cell_cols = (col_base + m).clamp(max=w - 1)
-                    band.add_(picked_rows.index_select(3, cell_cols) * on_cells[:, None, :, :, k, m])
+            for k in range(on_cells.shape[-2]):
+                picked_rows = features.index_select(2, (row_base[r0:r1] + k).clamp(max=h - 1))  # [B, C, rows, w]
+                for m, columns in enumerate(cell_cols):
+                    band.add_(picked_rows.index_select(3, columns) * on_cells[:, None, :, :, k, m])
         return out
