@@ -8,6 +8,7 @@ import platform
 import torch
 
 import naf_cli
+from naf_cli.cpu_threads import usable_cpus
 
 
 def natten_status() -> str:
@@ -51,5 +52,5 @@ def environment_report(device: str = "cpu") -> dict[str, str]:
         "cuda available": str(cuda),
         "natten": natten_status(),
         **attention_report(device),
-        "cpu threads": str(torch.get_num_threads()),
+        "cpu threads": f"{torch.get_num_threads()} of {usable_cpus()} usable CPUs (NAF uses fewer while other processes keep CPUs busy)",
     }

@@ -10,6 +10,7 @@ to float rounding, with fewer passes over memory. Forward only (no autograd).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,11 +69,12 @@ def _group_norm_affine(stats: BandedMap, width: int, norm: nn.GroupNorm) -> tupl
 
 def _conv_layer(
     source: BandedMap, conv: nn.Conv2d, norm: nn.GroupNorm | None, out: torch.Tensor | None = None,
+    between_bands: Callable[[], object] | None = None,
 ) -> BandedMap:
     """``conv(silu(norm(source)))`` (or ``conv(source)`` without a norm), band by band.
 
     With ``out`` given, each band is written into it (rows of a [B, C', H, W] view) and no
-    statistics are kept: the last layer of a branch.
+    statistics are kept: the last layer of a branch. ``between_bands`` is called before each band.
     """
     batch, channels, _, width = source.bands[0].shape
     pad = conv.kernel_size[0] // 2
@@ -83,6 +85,8 @@ def _conv_layer(
     sums = torch.zeros(batch, conv.out_channels, dtype=torch.float64, device=weight.device)
     squares = torch.zeros_like(sums)
     for index, band in enumerate(source.bands):
+        if between_bands is not None:
+            between_bands()
         r0 = index * source.band_rows
         rows = band.shape[2]
         buffer = torch.empty(
@@ -137,12 +141,16 @@ def branch_layers(branch: nn.Sequential) -> list[tuple[nn.Conv2d, nn.GroupNorm |
     return layers
 
 
-def encode_in_bands(encoder: ImageEncoder, image: torch.Tensor, band_rows: int = CPU_BAND_ROWS) -> torch.Tensor:
+def encode_in_bands(
+    encoder: ImageEncoder, image: torch.Tensor, band_rows: int = CPU_BAND_ROWS,
+    between_bands: Callable[[], object] | None = None,
+) -> torch.Tensor:
     """``encoder.encode(image)`` computed band by band.
 
     Args:
         image: [B, 3, Hg, Wg], prepared (``encoder.prepare``) and normalised.
         band_rows: rows per band; the whole height in one band is the plain layer-by-layer path.
+        between_bands: called before each band of each layer (NAF refits its CPU threads there).
 
     Returns:
         [B, dim, Hg, Wg] in channels_last memory format.
@@ -160,6 +168,6 @@ def encode_in_bands(encoder: ImageEncoder, image: torch.Tensor, band_rows: int =
         for index, (conv, norm) in enumerate(layers):
             last = index == len(layers) - 1
             target = out[:, first:first + channels] if last else None
-            current = _conv_layer(current, conv, norm, target)
+            current = _conv_layer(current, conv, norm, target, between_bands)
         first += channels
     return out

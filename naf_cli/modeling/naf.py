@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from naf_cli.allocator import release_freed_memory
+from naf_cli.cpu_threads import process_fit
 from naf_cli.errors import ShapeError
 from naf_cli.modeling.attention import (
     DEFAULT_CHUNK_BYTES,
@@ -158,11 +160,15 @@ class NAF(Upsampler):
         keep = features.shape[0] * height * width * self.image_encoder.rope.dim * 4 <= self.max_chunk_bytes
         kept: dict[int, torch.Tensor] = {}
         cache: dict[str, object] = {}  # the backend's work shared between bands of this output
+        # on a CPU the threads follow the free CPUs, step by step (restored around each yield)
+        fit = process_fit() if image.device.type == "cpu" else None
         # no_grad around each step, never around a yield (that would leak into the caller)
-        with torch.no_grad():
+        with torch.no_grad(), fit if fit is not None else contextlib.nullcontext():
             guide = self.image_encoder.prepare(self._normalise(image), (height, width))
             encoder_rows = CPU_BAND_ROWS if guide.device.type == "cpu" else int(guide.shape[-2])
-            rows = QueryRows(encode_in_bands(self.image_encoder, guide, encoder_rows), (height, width), self.image_encoder.rope)
+            refit = fit.refit if fit is not None else None
+            encoded = encode_in_bands(self.image_encoder, guide, encoder_rows, refit)
+            rows = QueryRows(encoded, (height, width), self.image_encoder.rope)
             same_size = low == (height, width)
             if same_size:
                 # output size = key size (the restoration variant): pooling is the identity, so the
@@ -185,7 +191,7 @@ class NAF(Upsampler):
         if guide.device.type == "cpu":
             release_freed_memory()  # the encoder's bands are gone: their pages must not add to the bands' peak
         for r0, r1 in plan:
-            with torch.no_grad():
+            with torch.no_grad(), fit if fit is not None else contextlib.nullcontext():
                 queries = keys[:, :, r0:r1] if same_size else (kept.pop(r0) if keep else rows(r0, r1))
                 band = backend.attend(
                     queries, keys, features, row0=r0, out_height=height, num_heads=self.num_heads,

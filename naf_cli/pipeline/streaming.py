@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from naf_cli.cpu_threads import usable_cpus
 from naf_cli.errors import ImageReadError
 from naf_cli.images import DecodedImage, read_image
 from naf_cli.pipeline.banded import BandedFeatures
@@ -35,8 +36,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def default_workers() -> int:
-    """Decoding workers: one core is left to the model, at most 4."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    """Decoding workers: one of the CPUs this process may use is left to the model, at most 4."""
+    return max(0, min(4, usable_cpus() - 1))
 
 
 @dataclass
