@@ -106,12 +106,31 @@ def test_rows_that_would_not_fit_are_listed_not_run():
     assert row["status"].startswith("skipped: predicted") and row["output_size"] == 112_000 and row["ms_per_image"] is None
 
 
+def test_the_baselines_are_rows_built_with_their_shipped_settings():
+    """jbu and jbf through load_upsampler: their sigmas recorded in the row and the table, and
+    the row's output the same as the registry's module gives."""
+    from naf_cli.upsamplers import JBF_SIGMAS, JBU_SIGMAS
+
+    result = _bench("--ratio", "3", "--upsampler", "jbu", "jbf", "--no-floor", *SMALL, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert [(r["upsampler"], r["status"]) for r in rows] == [("jbu", "ok"), ("jbf", "ok")]
+    for row, (spatial, colour) in zip(rows, (JBU_SIGMAS, JBF_SIGMAS), strict=True):
+        assert row["settings"] == f"sigma_spatial={spatial}, sigma_range={colour}"
+        assert row["gflops"] is None and row["params"] == 0 and row["ms_per_image"] > 0
+    table = _bench("--ratio", "3", "--upsampler", "jbf", "--no-floor", *SMALL)
+    assert table.returncode == 0, table.stderr
+    assert f"jbf: sigma_spatial={JBF_SIGMAS[0]}, sigma_range={JBF_SIGMAS[1]} (its shipped settings" in " ".join(table.stdout.split())
+
+
 def test_table_and_bad_options():
     result = _bench("--ratio", "2", "--upsampler", "bilinear", *SMALL)
     assert result.returncode == 0, result.stderr
     assert "bilinear" in result.stdout and "floor" in result.stdout and "x2" in result.stdout
     bad = _bench("--precision", "fp8")
     assert bad.returncode == 2 and "--precision must be one of fp32, bf16, fp16" in bad.stderr
+    bad = _bench("--upsampler", "anyup")
+    assert bad.returncode == 2 and "unknown upsampler 'anyup' for bench; known: naf, nearest, bilinear, bicubic, jbu, jbf" in bad.stderr
     bad = _bench("--backend", "fused")
     assert bad.returncode == 2 and "unknown attention backend 'fused'" in bad.stderr
 

@@ -10,9 +10,13 @@ from torch import nn
 
 from naf_cli.modeling import NAF
 from naf_cli.modeling.guidance import guidance_size
+from naf_cli.modeling.joint_bilateral import JointBilateral
+from naf_cli.upsamplers import load_upsampler
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+BASELINES = ("jbu", "jbf")  # image-guided, training-free: built by load_upsampler with the shipped settings
+UPSAMPLERS = ("naf", *INTERPOLATIONS, *BASELINES)
 FLOOR = "floor"
 NO_BACKEND = "-"
 
@@ -99,13 +103,21 @@ def attention_flops(model: NAF, out_pixels: int, channels: int, lr_size: int) ->
     return 2 * out_pixels * window * (model.image_encoder.rope.dim + channels)
 
 
-def case_flops(case: BenchCase, model: NAF) -> int:
-    """FLOPs of one image (convolutions and matrix products, as ``torch.utils.flop_counter`` counts)."""
+def case_settings(case: BenchCase) -> str:
+    """What the row's upsampler was built with, beyond its name (the baselines' shipped sigmas)."""
+    return load_upsampler(case.upsampler)[1].settings if case.upsampler in BASELINES else ""
+
+
+def case_flops(case: BenchCase, model: NAF) -> int | None:
+    """FLOPs of one image (convolutions and matrix products, as ``torch.utils.flop_counter`` counts);
+    None for the baselines, whose cost is mostly elementwise."""
     guide_pixels = case.guidance[0] * case.guidance[1]
     if case.upsampler == FLOOR:
         return sum(conv_flops(chain, guide_pixels) for chain in floor_layers(model))
     if case.upsampler == "naf":
         return conv_flops(model.image_encoder, guide_pixels) + attention_flops(model, case.output_size**2, case.channels, case.lr_size)
+    if case.upsampler in BASELINES:
+        return None
     return 0  # interpolation: no multiply-accumulate layers
 
 
@@ -128,6 +140,10 @@ def predicted_bytes(case: BenchCase, model: NAF) -> int:
     out = (case.output_size, case.output_size)
     if case.upsampler == FLOOR:
         return case.batch * case.guidance[0] * case.guidance[1] * 128 * 4 * 3
+    if case.upsampler in BASELINES:
+        baseline = load_upsampler(case.upsampler)[0]
+        assert isinstance(baseline, JointBilateral)
+        return baseline.peak_bytes(case.channels, out, case.batch)
     if case.upsampler != "naf":
         return output_bytes(case)
     need = model.peak_bytes(case.channels, out, case.batch, case.guidance)

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 from naf_cli.bench.cases import FLOOR, BenchCase, floor_layers
-from naf_cli.modeling import NAF, Interpolation, Upsampler
+from naf_cli.modeling import NAF, Upsampler
+from naf_cli.upsamplers import load_upsampler
 
 Forward = Callable[[int], float]
 
@@ -82,7 +83,7 @@ def build_forward(case: BenchCase) -> Forward:
             return elapsed[0]
 
         return run_floor
-    model: Upsampler = _naf(case) if case.upsampler == "naf" else Interpolation(case.upsampler)
+    model: Upsampler = _naf(case) if case.upsampler == "naf" else load_upsampler(case.upsampler)[0]
     model = model.to(device).eval()
 
     def run(seed: int) -> float:

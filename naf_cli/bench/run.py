@@ -7,7 +7,16 @@ from dataclasses import replace
 
 import torch
 
-from naf_cli.bench.cases import FLOOR, NO_BACKEND, BenchCase, case_flops, case_params, output_bytes, predicted_bytes
+from naf_cli.bench.cases import (
+    FLOOR,
+    NO_BACKEND,
+    BenchCase,
+    case_flops,
+    case_params,
+    case_settings,
+    output_bytes,
+    predicted_bytes,
+)
 from naf_cli.bench.measure import measure, measure_isolated
 from naf_cli.errors import first_line
 from naf_cli.modeling import NAF
@@ -36,7 +45,8 @@ def base_row(case: BenchCase, backend: str, model: NAF) -> dict[str, object]:
         "precision": "fp32" if case.upsampler == FLOOR else case.precision, "device": case.device,
         "guidance_size": case.guidance[0], "banded": case.banded,
         "ms_per_image": None, "fps": None, "peak_memory_mb": None,
-        "gflops": round(case_flops(case, model) / 1e9, 6), "params": case_params(case, model),
+        "gflops": None if (flops := case_flops(case, model)) is None else round(flops / 1e9, 6),
+        "params": case_params(case, model), "settings": case_settings(case),
         "output_mb": round((0 if case.banded or case.upsampler == FLOOR else output_bytes(case)) / 2**20, 1),
     }
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def bench(
     ratio: Annotated[Optional[list[float]], typer.Option("--ratio", help="Upsampling ratios, e.g. --ratio 2 8 16 32 72.")] = None,
     upsampler: Annotated[
-        Optional[list[str]], typer.Option("--upsampler", help="naf, bilinear, nearest, bicubic (several allowed). \\[default: naf bilinear]"),
+        Optional[list[str]], typer.Option("--upsampler", help="naf, nearest, bilinear, bicubic, jbu, jbf (several allowed; jbu and jbf with their shipped settings). \\[default: naf bilinear]"),
     ] = None,
     backend: Annotated[
         Optional[list[str]],
@@ -42,7 +42,7 @@ def bench(
     import json
     import sys
 
-    from naf_cli.bench.cases import INTERPOLATIONS, PRECISIONS, expand_cases
+    from naf_cli.bench.cases import PRECISIONS, UPSAMPLERS, expand_cases
     from naf_cli.bench.machine import machine_report
     from naf_cli.bench.run import bench_rows
     from naf_cli.cli.errors import EXIT_INTERRUPTED
@@ -64,8 +64,8 @@ def bench(
     if precision not in PRECISIONS:
         raise OptionError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     for name in upsamplers:
-        if name != "naf" and name not in INTERPOLATIONS:
-            raise OptionError(f"unknown upsampler '{name}' for bench; known: naf, {', '.join(INTERPOLATIONS)}")
+        if name not in UPSAMPLERS:
+            raise OptionError(f"unknown upsampler '{name}' for bench; known: {', '.join(UPSAMPLERS)}")
     for name in backends:
         if name != "auto" and name not in BACKENDS:
             raise OptionError(f"unknown attention backend '{name}'; known: auto, all, {', '.join(BACKENDS)}")
@@ -138,6 +138,9 @@ def _render(report: dict) -> None:
     bf16 = "bf16 in hardware: the attention runs in bf16 under autocast" if machine["cpu_bf16_hardware"] else (
         "no bf16 in hardware: the attention stays fp32 under autocast on this CPU")
     console.print(f"CPU flags: {', '.join(machine['cpu_flags']) or 'none of interest'} ({bf16}).")
+    for name, settings in dict.fromkeys((row["upsampler"], row.get("settings")) for row in report["rows"]):
+        if settings:
+            console.print(f"{name}: {settings} (its shipped settings, as naf upsample --upsampler {name} uses them).")
     console.print("floor: the encoder's convolutions alone (plain, no norms, no attention) on the same guidance image: "
                   "what any upsampler with this encoder costs at least. ms/img: median of the timed forwards. "
                   "peak MB: the most memory in use above what was in use before the first forward, output included; "
