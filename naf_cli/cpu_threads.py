@@ -81,13 +81,11 @@ class LoadFittedThreads:
         self.cpus = usable_cpus()
         self.ceiling = 0
         self.checked = -math.inf
-        self.threads = 0  # the count last chosen
-        self.seen: int | None = 0  # others busy at the previous look
+        self.threads = 0  # the count in effect (0: none chosen yet, the ceiling)
+        self.wanted = 0  # the count the previous look asked for
 
     def __enter__(self) -> LoadFittedThreads:
         self.ceiling = torch.get_num_threads()
-        if self.threads and self.threads != self.ceiling:
-            torch.set_num_threads(min(self.threads, self.ceiling))
         self.refit()
         return self
 
@@ -102,18 +100,21 @@ class LoadFittedThreads:
         return max(1, min(self.ceiling, self.cpus - others))
 
     def refit(self) -> int:
-        """Look at the machine (at most every ``refit_seconds``) and set the thread count; returns it."""
+        """Look at the machine (at most every ``refit_seconds``) and set the thread count; returns it.
+
+        A new count takes effect when two looks in a row agree on it: a daemon's blip costs no
+        thread, and a busy neighbour seen idle for an instant gets none back."""
         now = time.monotonic()
         if self.ceiling > 1 and now - self.checked >= self.refit_seconds:
             self.checked = now
-            others = busy_elsewhere()
-            # a neighbour must be seen at two looks in a row: a daemon's blip costs no thread
-            sustained = None if others is None else min(others, self.seen if self.seen is not None else others)
-            self.seen = others
-            self.threads = self.threads_for(sustained)
-            if self.threads != torch.get_num_threads():
-                torch.set_num_threads(self.threads)
-        return torch.get_num_threads()
+            wanted = self.threads_for(busy_elsewhere())
+            if wanted == self.wanted:
+                self.threads = wanted
+            self.wanted = wanted
+        threads = min(self.threads or self.ceiling, self.ceiling)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        return threads
 
 
 @functools.cache

@@ -29,6 +29,21 @@ def test_threads_for_leaves_the_busy_cpus(ceiling: int) -> None:
     assert [fit.threads_for(n) for n in (None, 0, 1, 2, 3, 7, 8, 20)] == [6, 6, 6, 6, 5, 1, 1, 1]
 
 
+def test_a_new_count_needs_two_looks_in_a_row(ceiling: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy alone, fed a sequence of what the machine showed (2 CPUs, ceiling 2)."""
+    import naf_cli.cpu_threads as cpu_threads
+
+    looks = iter([0, 2, 0, 2, 2, 0, 2, 0, 0, None, None])
+    monkeypatch.setattr(cpu_threads, "busy_elsewhere", lambda: next(looks))
+    torch.set_num_threads(2)
+    fit = LoadFittedThreads(refit_seconds=0)
+    fit.cpus = 2
+    with fit:
+        chosen = [fit.threads or 2] + [fit.refit() for _ in range(10)]
+    assert chosen == [2, 2, 2, 2, 1, 1, 1, 1, 2, 2, 2]
+    assert torch.get_num_threads() == 2
+
+
 @pytest.fixture
 def neighbours() -> Iterator[int]:
     """As many busy processes as this process has CPUs (skips on a large machine)."""
