@@ -38,7 +38,7 @@ def main() -> None:
     ratios, t32, t16 = [], 0.0, 0.0
     for index, path in enumerate(list_images(args.photos)[: args.count]):
         image = read_image(path)[0]
-        lr = extract(image).features[None].to(device)
+        lr = extract(image).features.tensor()[None].to(device)
         size = (lr.shape[-2] * 16, lr.shape[-1] * 16)
         guide = guidance_image(image.rgb()[None], size).to(device)
         with torch.inference_mode():

@@ -19,7 +19,7 @@ _EXPORTS = {
     "BACKBONES": "naf_cli.backbones", "Backbone": "naf_cli.backbones", "load_backbone": "naf_cli.backbones",
     "load_naf": "naf_cli.checkpoints", "save_naf": "naf_cli.checkpoints", "load_denoiser": "naf_cli.checkpoints",
     "Denoiser": "naf_cli.modeling", "restore": "naf_cli.pipeline.restore",
-    "NafError": "naf_cli.errors", "FeatureFile": "naf_cli.features", "merge_outputs": "naf_cli.pipeline.merge",
+    "NafError": "naf_cli.errors", "FeatureFile": "naf_cli.features", "merge_outputs": "naf_cli.pipeline.hdf5.merge",
     "DecodedImage": "naf_cli.images", "load_image": "naf_cli.images", "read_image": "naf_cli.images",
     "NAF": "naf_cli.modeling", "Upsampler": "naf_cli.modeling", "cross_scale_neighborhood_attention": "naf_cli.modeling",
     "ImageSource": "naf_cli.pipeline", "OutputSize": "naf_cli.pipeline", "extract_folder": "naf_cli.pipeline",
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
         upsample_image,
         write_image,
     )
-    from naf_cli.pipeline.merge import merge_outputs
+    from naf_cli.pipeline.hdf5.merge import merge_outputs
     from naf_cli.pipeline.restore import restore
     from naf_cli.upsamplers import UPSAMPLERS, load_upsampler
 

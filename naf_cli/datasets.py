@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
@@ -11,6 +11,9 @@ from torch.utils.data import Dataset
 from naf_cli.features import FeatureFile
 from naf_cli.images import read_image
 from naf_cli.pipeline.sizes import OutputSize
+
+if TYPE_CHECKING:
+    from naf_cli.pipeline.transforms import UpsampleFeatures
 
 
 def source_image_path(features: FeatureFile, name: str, image_root: Path | None) -> Path:
@@ -45,12 +48,14 @@ class UpsamplingDataset(Dataset):
 
     Storage stays at low resolution; the upsampler (loaded once per worker process, by name)
     runs in the loader, guided by each photo (found by ``source_path`` or under ``image_root``).
-    Items: ``{"name", "features": [C, H, W], "output_size": (H, W)}``.
+    ``memory_limit``: bytes one forward may use (default: what is available); a NAF output
+    that needs more is computed band by band and assembled. Items: ``{"name", "features":
+    [C, H, W] float32, "output_size": (H, W)}``.
     """
 
     def __init__(
         self, path: Path | str, upsampler: str = "naf", checkpoint: Path | None = None,
-        output_size: OutputSize = OutputSize(), image_root: Path | None = None,
+        output_size: OutputSize = OutputSize(), image_root: Path | None = None, memory_limit: int | None = None,
     ) -> None:
         self.file = FeatureFile(path)
         self.names = list(self.file)
@@ -58,18 +63,19 @@ class UpsamplingDataset(Dataset):
         self.checkpoint = checkpoint
         self.output_size = output_size
         self.image_root = Path(image_root) if image_root is not None else None
-        self._transform: Any = None
+        self.memory_limit = memory_limit
+        self._transform: UpsampleFeatures | None = None
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def _upsample(self) -> Any:
+    def _upsample(self) -> UpsampleFeatures:
         if self._transform is None:
             from naf_cli.pipeline.transforms import UpsampleFeatures
             from naf_cli.upsamplers import load_upsampler
 
             upsampler, info = load_upsampler(self.upsampler_name, self.checkpoint)
-            self._transform = UpsampleFeatures(upsampler, info, self.output_size)
+            self._transform = UpsampleFeatures(upsampler, info, self.output_size, self.memory_limit)
         return self._transform
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -77,7 +83,7 @@ class UpsamplingDataset(Dataset):
         image, _ = read_image(source_image_path(self.file, name, self.image_root))
         low = torch.from_numpy(self.file[name]).float()[None]
         upsampled, size = self._upsample()(image.rgb()[None], low)
-        return {"name": name, "features": upsampled[0], "output_size": size}
+        return {"name": name, "features": upsampled[0].tensor(), "output_size": size}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -1,9 +1,5 @@
-"""Errors the library raises for bad input; the CLI turns each into one line on stderr.
-
-Each class carries the exit code the CLI uses for it (see ``naf_cli.cli.errors``): 2 for
-problems found before any work (bad options, names, weights, paths), 1 for a run that
-failed once work had started.
-"""
+"""Errors the library raises for bad input; the CLI turns each into one line on stderr and
+an exit code (``naf_cli.cli.errors``: the one place that decides them)."""
 
 from __future__ import annotations
 
@@ -15,8 +11,6 @@ def first_line(err: BaseException) -> str:
 
 class NafError(Exception):
     """An error a user can fix. ``str(err)`` says what went wrong and how to fix it."""
-
-    exit_code = 2
 
 
 class OptionError(NafError, ValueError):
@@ -53,10 +47,6 @@ class OutputError(NafError):
 class RunError(NafError):
     """A run that failed after work started (disk full, ``--strict`` stop)."""
 
-    exit_code = 1
-
 
 class DamagedOutput(NafError):
     """An output that holds unreadable or foreign data, or is not complete (``naf info``, ``naf verify``)."""
-
-    exit_code = 1

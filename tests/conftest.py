@@ -5,7 +5,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-TRAIN_PHOTOS = REPO.parent / "shared" / "photos" / "train"
 sys.path.insert(0, str(Path(__file__).parent))
 
 

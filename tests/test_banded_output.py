@@ -14,8 +14,8 @@ import torch
 from naf_cli.checkpoints import load_naf, packaged_checkpoint
 from naf_cli.images import read_image
 from naf_cli.modeling import NAF
-from naf_cli.pipeline.banded import BandedFeatures
-from naf_cli.pipeline.h5out import HDF5FeatureSink
+from naf_cli.pipeline.feature_map import FeatureMap
+from naf_cli.pipeline.hdf5.sink import HDF5FeatureSink
 from naf_cli.pipeline.sizes import OutputSize
 from naf_cli.pipeline.transforms import UpsampleFeatures
 
@@ -39,11 +39,30 @@ def test_the_transform_hands_back_bands_only_when_the_whole_output_does_not_fit(
     whole, _ = UpsampleFeatures(model, None, OutputSize("fixed", fixed=SIZE))(photo, low)
     limited = UpsampleFeatures(model, None, OutputSize("fixed", fixed=SIZE), memory_limit=_limit_between_banded_and_whole())
     banded, size = limited(photo, low)
-    assert isinstance(whole, torch.Tensor) and isinstance(banded, BandedFeatures)
-    assert size == SIZE and banded.shape == (112, *SIZE)
-    rows = list(banded.bands())
+    assert len(whole) == len(banded) == 1 and not whole[0].is_banded and banded[0].is_banded
+    assert size == SIZE and banded[0].shape == whole[0].shape == (112, *SIZE)
+    rows = list(banded[0].bands())
     assert len(rows) > 1 and rows[0][0] == 0 and rows[-1][1] == SIZE[0]
-    torch.testing.assert_close(banded.materialise(), whole[0], atol=1e-5, rtol=1e-5)
+    assert [(r0, r1) for r0, r1, _ in whole[0].bands()] == [(0, SIZE[0])]  # a held map is one band
+    torch.testing.assert_close(banded[0].tensor(), whole[0].tensor(), atol=1e-5, rtol=1e-5)
+
+
+def test_the_upsampling_dataset_gives_the_same_features_on_the_banded_path(tmp_path, examples_dir):
+    """A memory limit that forces bands changes how items are computed, not what they hold."""
+    from naf_cli.datasets import UpsamplingDataset
+
+    extract = tmp_path / "lr.h5"
+    low = torch.randn(112, 19, 28)
+    with h5py.File(extract, "w") as f:
+        f.create_dataset("features/chelsea.jpg", data=low.numpy()).attrs["source_path"] = str(examples_dir / "chelsea.jpg")
+    rule = OutputSize("fixed", fixed=SIZE)
+    checkpoint = packaged_checkpoint()
+    whole = UpsamplingDataset(extract, "naf", checkpoint, rule)[0]
+    banded_set = UpsamplingDataset(extract, "naf", checkpoint, rule, memory_limit=_limit_between_banded_and_whole())
+    banded = banded_set[0]
+    assert banded_set._upsample().check_memory(112, SIZE, torch.device("cpu"), 1, PHOTO) is False  # really the banded path
+    assert banded["output_size"] == whole["output_size"] == SIZE and banded["features"].shape == (112, *SIZE)
+    torch.testing.assert_close(banded["features"], whole["features"], atol=1e-5, rtol=1e-5)
 
 
 def test_banded_values_beyond_float16_are_kept_in_float32(tmp_path):
@@ -57,8 +76,8 @@ def test_banded_values_beyond_float16_are_kept_in_float32(tmp_path):
     out = HDF5FeatureSink(tmp_path / "o.h5")
     out.prepare({})
     out.begin({})
-    out.write("big.png", BandedFeatures((2, 6, 5), bands), {"k": 1})
-    out.write("small.png", BandedFeatures((2, 6, 5), lambda: ((r0, r1, rows / 1e3) for r0, r1, rows in bands())), {})
+    out.write("big.png", FeatureMap.banded((2, 6, 5), bands), {"k": 1})
+    out.write("small.png", FeatureMap.banded((2, 6, 5), lambda: ((r0, r1, rows / 1e3) for r0, r1, rows in bands())), {})
     out.finish()
     with h5py.File(tmp_path / "o.h5", "r") as f:
         assert f["features/big.png"].dtype == np.float32 and np.array_equal(f["features/big.png"][()], big.numpy())
@@ -98,7 +117,7 @@ def test_the_run_loop_waits_for_a_banded_output_before_the_next_batch(examples_d
 
     from naf_cli.pipeline import ImageSource, run_pipeline
     from naf_cli.pipeline.progress import SilentProgress
-    from naf_cli.pipeline.transforms import Result
+    from naf_cli.pipeline.seams import Result
 
     events: list[tuple[str, str, float]] = []
 
@@ -124,7 +143,7 @@ def test_the_run_loop_waits_for_a_banded_output_before_the_next_batch(examples_d
                 events.append(("banded", name, time.perf_counter()))
                 assert threading.current_thread().name == "naf-writer"
 
-            return [Result(BandedFeatures((3, 4, 5), bands))]
+            return [Result(FeatureMap.banded((3, 4, 5), bands))]
 
     source = ImageSource([examples_dir], [], None)
     summary = run_pipeline(source, BandedEveryTime(), HDF5FeatureSink(tmp_path / "b.h5"), SilentProgress(), workers=0)

@@ -138,14 +138,15 @@ def test_version_help_and_env():
 
 
 def test_values_beyond_float16_range_are_kept_in_float32(tmp_path):
-    from naf_cli.pipeline.h5out import HDF5FeatureSink
+    from naf_cli.pipeline.feature_map import FeatureMap
+    from naf_cli.pipeline.hdf5.sink import HDF5FeatureSink
 
     big = torch.tensor([[[1.0, 7e4], [-1e5, 3.0]]])
     out = HDF5FeatureSink(tmp_path / "o.h5")
     out.prepare({})
     out.begin({})
-    out.write("big.png", big, {})
-    out.write("small.png", big / 1000, {})
+    out.write("big.png", FeatureMap.held(big), {})
+    out.write("small.png", FeatureMap.held(big / 1000), {})
     out.finish()
     with h5py.File(tmp_path / "o.h5", "r") as f:
         assert f["features/big.png"].dtype == np.float32

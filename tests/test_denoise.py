@@ -141,7 +141,7 @@ def test_naf_denoise_round_trips_modes_bit_depths_and_exif(tmp_path, examples_di
 
     result = naf("denoise", str(folder))
     assert result.returncode == 3, result.stderr
-    assert f"skipped {folder / 'broken.png'}:" in result.stderr
+    assert f"skipped: cannot read {folder / 'broken.png'}:" in result.stderr  # the line naf upsample says
     written = sorted(p.name for p in folder.glob("*.denoised.*"))
     assert written == ["alpha.denoised.png", "colour.denoised.png", "grey.denoised.png", "grey16.denoised.png",
                        "rgb16.denoised.png", "sideways.denoised.jpg"]
@@ -169,6 +169,26 @@ def test_naf_denoise_round_trips_modes_bit_depths_and_exif(tmp_path, examples_di
     again = naf("denoise", str(folder))
     assert again.returncode == 3 and again.stderr.count("kept ") == 6 and "denoised.denoised" not in again.stderr
     assert naf("denoise", str(folder), "--overwrite", "--glob", "colour.png").returncode == 0
+
+
+def test_naf_denoise_runs_on_the_shared_loop_workers_and_strict(tmp_path, examples_dir):
+    """Decoding workers change nothing in the files; --strict stops with the run loop's line."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, size in (("a.png", (40, 30)), ("b.jpg", (40, 30)), ("c.png", (24, 36))):
+        Image.open(examples_dir / "coffee.jpg").convert("RGB").resize(size).save(folder / name)
+    inline = naf("denoise", str(folder), "-o", str(tmp_path / "inline"), "--workers", "0", "--device", "cpu")
+    ahead = naf("denoise", str(folder), "-o", str(tmp_path / "ahead"), "--workers", "2", "--device", "cpu")
+    assert inline.returncode == 0 and ahead.returncode == 0, inline.stderr + ahead.stderr
+    for name in ("a.png", "b.jpg", "c.png"):
+        assert (tmp_path / "inline" / name).read_bytes() == (tmp_path / "ahead" / name).read_bytes(), name
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    strict = naf("denoise", str(folder), "-o", str(tmp_path / "strict"), "--strict", "--workers", "0", "--device", "cpu")
+    errors = [line for line in strict.stderr.splitlines() if line.startswith("error:")]
+    assert strict.returncode == 1 and len(errors) == 1, strict.stderr
+    assert f"cannot read {folder / 'broken.png'}" in errors[0] and "stopped by --strict" in errors[0]
+    bad = naf("denoise", str(folder), "--workers", "-1")
+    assert bad.returncode == 2 and "--workers must be 0 or more" in bad.stderr
 
 
 def test_naf_denoise_output_options_and_errors(tmp_path, examples_dir):

@@ -101,7 +101,7 @@ def test_upsampling_stored_features_equals_the_upsample_command(extracted, tmp_p
             features = torch.from_numpy(low["features"][name][()]).float()[None]
             upsampled, size = transform(image.rgb()[None], features)
             assert tuple(high["features"][name].attrs["output_size"]) == size
-            assert np.array_equal(upsampled[0].half().numpy(), high["features"][name][()])
+            assert np.array_equal(upsampled[0].tensor().half().numpy(), high["features"][name][()])
 
 
 def test_python_api_shows_tqdm_progress(tmp_path, examples_dir, capfd):

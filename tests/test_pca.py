@@ -93,10 +93,10 @@ def test_pictures_from_images_share_one_seeded_basis(two_photos, tmp_path):
     extract = ExtractFeatures(load_backbone("effnet-lite0"), 448)
     photos = {name: read_image(two_photos / name)[0] for name in ("chelsea.jpg", "coffee.jpg")}
     fitted_on = pca_render.seeded_choice(sorted(photos), 1, 5)
-    basis = fit_on(iter([extract(photos[fitted_on[0]]).features]), settings)
+    basis = fit_on(iter([extract(photos[fitted_on[0]]).features.tensor()]), settings)
     for name, photo in photos.items():
         picture = np.asarray(Image.open(out / name.replace(".jpg", ".png")).convert("RGB"))
-        lr = extract(photo).features
+        lr = extract(photo).features.tensor()
         expected = fit_height(to_rgb(lambda r0, r1, lr=lr: lr[:, r0:r1], tuple(lr.shape), basis, settings), 64)
         widths = [round(photo.size[1] * 64 / photo.size[0]), expected.shape[-1], expected.shape[-1], expected.shape[-1]]
         assert picture.shape == (64 + LABEL_HEIGHT, sum(widths) + 3 * GAP, 3)

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from naf_cli.errors import OutputError
+from naf_cli.pipeline.hdf5.lock import RunLock, lock_path
 from naf_cli.pipeline.partition import Partition
-from naf_cli.pipeline.run_lock import RunLock, lock_path
 
 HOLD = """
 import os, sys, time
 from pathlib import Path
 from naf_cli.pipeline.partition import Partition
-from naf_cli.pipeline.run_lock import RunLock
+from naf_cli.pipeline.hdf5.lock import RunLock
 index, count, fork = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "fork"
 RunLock.acquire(Path(sys.argv[1]), Partition(index, count))
 child = os.fork() if fork else -1  # a child, as a decoding worker is: it inherits the descriptor, not the locks
@@ -90,7 +90,7 @@ def test_parts_of_one_split_share_one_process_but_a_part_or_split_twice_is_refus
     assert "this process" in refused(output, Partition(1, 3))
     assert "this process" in refused(output, Partition())
     first.release()  # the sibling keeps the file's locks: another process still cannot take part 1
-    holder_code = ("import sys; from pathlib import Path; from naf_cli.pipeline.run_lock import RunLock; "
+    holder_code = ("import sys; from pathlib import Path; from naf_cli.pipeline.hdf5.lock import RunLock; "
                    "from naf_cli.pipeline.partition import Partition; RunLock.acquire(Path(sys.argv[1]), Partition(1, 3))")
     other = subprocess.run([sys.executable, "-c", holder_code, str(output)], capture_output=True, text=True, timeout=120)
     assert other.returncode != 0 and f"part 1/3, pid {os.getpid()}" in other.stderr

@@ -46,7 +46,7 @@ def bench(
     from naf_cli.bench.machine import machine_report
     from naf_cli.bench.run import bench_rows
     from naf_cli.cli.errors import EXIT_INTERRUPTED
-    from naf_cli.cli.options import resolve_device
+    from naf_cli.devices import resolve_device
     from naf_cli.errors import OptionError
     from naf_cli.modeling.attention import BACKENDS
     from naf_cli.pipeline.sizes import check_positive

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from naf_cli.cli.options import Device, FilesFrom, Glob, Strict
+from naf_cli.cli.options import Device, FilesFrom, Glob, Strict, Workers
 from naf_cli.defaults import DEFAULT_DENOISER
 
 
@@ -31,6 +31,7 @@ def denoise(
     files_from: FilesFrom = None,
     strict: Strict = False,
     device: Device = "auto",
+    workers: Workers = None,
 ) -> None:
     """Remove noise from photos with NAF's image-restoration variant.
 
@@ -44,8 +45,8 @@ def denoise(
 
     from naf_cli.checkpoints import load_denoiser
     from naf_cli.cli.errors import EXIT_OK, EXIT_SKIPPED
-    from naf_cli.cli.options import resolve_device
     from naf_cli.cli.progress import make_progress
+    from naf_cli.devices import resolve_device
     from naf_cli.errors import OptionError
     from naf_cli.pipeline.memory import available_bytes, parse_bytes
     from naf_cli.pipeline.restore import denoise_files
@@ -61,11 +62,14 @@ def denoise(
     torch_device = torch.device(resolve_device(device))
     denoiser = load_denoiser(checkpoint, device=torch_device)
     budget = parse_bytes(max_memory) or available_bytes(torch_device) // 2
-    summary = denoise_files(
+    if workers is not None and workers < 0:
+        raise OptionError(f"--workers must be 0 or more, got {workers}; fix: e.g. --workers 2, or 0 to decode in the main process")
+    summary, sink = denoise_files(
         denoiser, source, output, torch_device, make_progress(), budget, overwrite, strict, jpeg_quality,
         on_written=lambda path: print(path, flush=True), batch_size=batch_size or (8 if torch_device.type == "cuda" else 1),
+        workers=workers,
     )
-    rate = summary.seconds / summary.megapixels if summary.megapixels else 0.0
-    print(f"denoised {len(summary.written)} image(s) in {summary.seconds:.1f} s ({rate:.2f} s per megapixel); "
-          f"{len(summary.kept)} kept, {len(summary.skipped)} skipped", file=sys.stderr)
+    rate = summary.seconds / sink.megapixels if sink.megapixels else 0.0
+    print(f"denoised {summary.done} image(s) in {summary.seconds:.1f} s ({rate:.2f} s per megapixel); "
+          f"{summary.resumed} kept, {len(summary.skipped)} skipped", file=sys.stderr)
     raise typer.Exit(EXIT_SKIPPED if summary.skipped else EXIT_OK)

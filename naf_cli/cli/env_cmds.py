@@ -7,7 +7,7 @@ from naf_cli.cli.options import Device
 
 def env(device: Device = "auto") -> None:
     """Print torch, device, natten availability and the attention backend that will run."""
-    from naf_cli.cli.options import resolve_device
+    from naf_cli.devices import resolve_device
     from naf_cli.environment import environment_report
 
     for key, value in environment_report(resolve_device(device)).items():

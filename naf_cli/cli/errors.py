@@ -32,12 +32,14 @@ def debug_enabled() -> bool:
 def describe(err: BaseException) -> tuple[int, str]:
     """(exit code, the one line for stderr) of an exception that ended a command."""
     from naf_cli.disk import NO_ROOM, NOT_WRITABLE, write_failure
-    from naf_cli.errors import NafError
+    from naf_cli.errors import DamagedOutput, NafError, RunError
 
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "error: interrupted; fix: rerun the same command to go on (finished work is kept)"
     if isinstance(err, NafError):
-        return err.exit_code, f"error: {err}"
+        # found before any work (options, names, weights, paths): usage; a run that failed once
+        # work had started, or an output found damaged: failed
+        return EXIT_FAILED if isinstance(err, RunError | DamagedOutput) else EXIT_USAGE, f"error: {err}"
     if isinstance(err, OSError) and err.errno in NO_ROOM + NOT_WRITABLE:
         # a write the library did not wrap (every one it knows of is): still one line with the fix
         return EXIT_FAILED, f"error: {write_failure(Path(err.filename) if err.filename else None, err)}"

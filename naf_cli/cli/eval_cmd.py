@@ -43,8 +43,8 @@ def eval_(
     import sys
 
     from naf_cli.backbones import load_backbone
-    from naf_cli.cli.options import resolve_device
     from naf_cli.cli.progress import make_progress
+    from naf_cli.devices import resolve_device
     from naf_cli.errors import OptionError
     from naf_cli.evaluation.pairs import BASE_CELLS
     from naf_cli.evaluation.protocol import evaluate

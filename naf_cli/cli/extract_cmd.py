@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from naf_cli.cli.feature_job import JobOptions, run_job
+from naf_cli.cli.feature_job import command_line, run_and_report
 from naf_cli.cli.options import (
     BackbonePrecision,
     BatchSize,
@@ -49,6 +49,12 @@ def extract(
     batch_size: BatchSize = 1,
 ) -> None:
     """Store each image's low-resolution backbone features (with its path, size and hash)."""
-    options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
-                         out_dtype, compression, shard_images, workers, batch_size, shard, layer, backbone_precision)
-    raise typer.Exit(run_job(options, None))
+    from naf_cli.pipeline.job import JobSpec
+
+    spec = JobSpec(
+        inputs=list(inputs or []), output=output, vfm=vfm, vfm_weights=vfm_weights, layer=layer,
+        backbone_precision=backbone_precision, long_side=long_side, globs=list(glob or []), files_from=files_from,
+        strict=strict, device=device, overwrite=overwrite, out_dtype=out_dtype, compression=compression,
+        shard_images=shard_images, workers=workers, batch_size=batch_size, shard=shard, command=command_line(),
+    )
+    raise typer.Exit(run_and_report(spec))

@@ -19,7 +19,7 @@ def info(
     import json
 
     from naf_cli.cli.errors import EXIT_FAILED
-    from naf_cli.pipeline.h5info import describe_feature_file
+    from naf_cli.pipeline.hdf5.info import describe_feature_file
 
     summary = describe_feature_file(file)
     if as_json:

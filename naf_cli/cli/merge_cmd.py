@@ -24,7 +24,7 @@ def merge(
 
     from naf_cli.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
     from naf_cli.cli.feature_job import command_line
-    from naf_cli.pipeline.merge import merge_outputs
+    from naf_cli.pipeline.hdf5.merge import merge_outputs
 
     result = merge_outputs(parts, output, command_line(), overwrite)
     status = result.status

@@ -48,8 +48,8 @@ def pca(
 
     from contextlib import closing
 
-    from naf_cli.cli.options import resolve_device
     from naf_cli.cli.progress import make_progress
+    from naf_cli.devices import resolve_device
     from naf_cli.errors import OptionError
     from naf_cli.pca.render import PcaSettings, pca_from_files, pca_from_images
     from naf_cli.pipeline.image_sink import ImageSink

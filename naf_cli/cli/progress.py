@@ -13,8 +13,6 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from naf_cli.pipeline.progress import Progress as Reporter
-
 
 class RichProgress:
     """A live Rich bar; warnings printed above it as whole lines."""
@@ -74,26 +72,6 @@ class PlainProgress:
 
     def close(self) -> None:
         pass
-
-
-class PartProgress:
-    """Another reporter, with the part of a split run before each warning (parts share logs)."""
-
-    def __init__(self, inner: Reporter, label: str) -> None:
-        self.inner = inner
-        self.label = label
-
-    def start(self, total: int, description: str) -> None:
-        self.inner.start(total, f"{self.label}: {description}")
-
-    def advance(self, name: str) -> None:
-        self.inner.advance(name)
-
-    def warn(self, line: str) -> None:
-        self.inner.warn(f"{self.label}: {line}")
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def stderr_console() -> Console:

@@ -56,7 +56,7 @@ def train(
     Keep OUT_DIR outside the source tree (e.g. ~/.cache/naf-train/RUN) so a run survives
     a fresh checkout.
     """
-    from naf_cli.cli.options import resolve_device
+    from naf_cli.devices import resolve_device
     from naf_cli.errors import OptionError
     from naf_cli.training import TrainConfig
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from naf_cli.cli.feature_job import JobOptions, UpsampleOptions, run_job
+from naf_cli.cli.feature_job import command_line, run_and_report
 from naf_cli.cli.options import (
     BackbonePrecision,
     BatchSize,
@@ -71,6 +71,14 @@ def upsample(
     INPUTS may also be one extract file (naf extract -o lr.h5): its stored features are
     upsampled without a second backbone pass.
     """
-    options = JobOptions(list(inputs or []), output, vfm, vfm_weights, long_side, list(glob or []), files_from, strict, device, overwrite,
-                         out_dtype, compression, shard_images, workers, batch_size, shard, layer, backbone_precision)
-    raise typer.Exit(run_job(options, UpsampleOptions(upsampler, checkpoint, output_size, scale, image_root, max_memory)))
+    from naf_cli.pipeline.job import JobSpec, UpsampleSpec
+
+    spec = JobSpec(
+        inputs=list(inputs or []), output=output, vfm=vfm, vfm_weights=vfm_weights, layer=layer,
+        backbone_precision=backbone_precision, long_side=long_side, globs=list(glob or []), files_from=files_from,
+        strict=strict, device=device, overwrite=overwrite, out_dtype=out_dtype, compression=compression,
+        shard_images=shard_images, workers=workers, batch_size=batch_size, shard=shard, command=command_line(),
+        upsample=UpsampleSpec(upsampler=upsampler, checkpoint=checkpoint, output_size=output_size, scale=scale,
+                              image_root=image_root, max_memory=max_memory),
+    )
+    raise typer.Exit(run_and_report(spec))

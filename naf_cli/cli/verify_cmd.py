@@ -20,9 +20,9 @@ def verify(
 
     from naf_cli.cli.errors import EXIT_FAILED
     from naf_cli.cli.progress import make_progress
-    from naf_cli.pipeline.h5info import describe_feature_file
-    from naf_cli.pipeline.integrity import redo_hint
-    from naf_cli.pipeline.integrity import verify as verify_file
+    from naf_cli.pipeline.hdf5.info import describe_feature_file
+    from naf_cli.pipeline.hdf5.verify import redo_hint
+    from naf_cli.pipeline.hdf5.verify import verify as verify_file
     from naf_cli.pipeline.memory import human_bytes
 
     describe_feature_file(file)  # not a feature file, or an index that does not open: one line, before reading

@@ -22,9 +22,8 @@ from naf_cli.features import FeatureFile
 from naf_cli.images import DecodedImage, read_image
 from naf_cli.pca.basis import PCABasis, fit_basis, sample_positions
 from naf_cli.pca.panels import Panel, compose
-from naf_cli.pipeline.banded import BandedFeatures, as_tensor
 from naf_cli.pipeline.image_sink import ImageSink
-from naf_cli.pipeline.progress import Progress
+from naf_cli.pipeline.seams import Progress
 from naf_cli.pipeline.sources import ImageSource, InputItem
 from naf_cli.pipeline.transforms import ExtractFeatures, UpsampleFeatures
 
@@ -100,7 +99,7 @@ def _upsampled_panel(
 ) -> Panel:
     """photo [1, 3, H, W] and low-res features [1, C, h, w] on the model's device -> the upsampled map's panel."""
     upsampled, _ = upsample(photo, low)
-    high = as_tensor(upsampled) if isinstance(upsampled, BandedFeatures) else upsampled[0].float().cpu()
+    high = upsampled[0].tensor()
     return Panel(_label(label, high.shape), tensor_rgb(high, basis, settings))
 
 
@@ -121,7 +120,7 @@ def pca_from_images(
             return None
 
     def low_res(image: DecodedImage) -> torch.Tensor:
-        return as_tensor(extract(image).features)
+        return extract(image).features.tensor()
 
     fit_names = seeded_choice(list(items), settings.fit_images, settings.seed)
     warn(f"fitting one PCA basis on {len(fit_names)} image(s)")

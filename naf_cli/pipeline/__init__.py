@@ -1,6 +1,6 @@
 """The pipeline: a source of images, a transform, a sink (HDF5 features or images)."""
 
-from naf_cli.pipeline.h5out import HDF5FeatureSink
+from naf_cli.pipeline.hdf5.sink import HDF5FeatureSink
 from naf_cli.pipeline.image_sink import ImageSink, write_image
 from naf_cli.pipeline.library import extract_folder, upsample_folder, upsample_image
 from naf_cli.pipeline.run import RunSummary, run_pipeline

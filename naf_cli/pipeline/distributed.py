@@ -19,6 +19,7 @@ from pathlib import Path
 
 from naf_cli.errors import NafError, OptionError
 from naf_cli.pipeline.partition import Partition
+from naf_cli.pipeline.resume import first_difference
 
 # how long ranks wait for each other at the start (model loading may download weights)
 START_TIMEOUT = timedelta(minutes=30)
@@ -98,7 +99,7 @@ def start_together(rank: TorchrunRank, device: str, agreed: Mapping[str, object]
         views: list[object] = [None] * rank.world_size
         dist.all_gather_object(views, dict(agreed))
         for other, view in enumerate(views[1:], start=1):
-            difference = _first_difference(views[0], view)
+            difference = first_difference(views[0], view)
             if difference:
                 raise OptionError(f"rank {other} of the torchrun job does not run rank 0's job: {difference}, rank 0 vs "
                                   f"rank {other}; fix: give every rank the same command, files and naf-cli version")
@@ -126,14 +127,3 @@ def start_together(rank: TorchrunRank, device: str, agreed: Mapping[str, object]
                               f"parts joined with naf merge")
     finally:
         dist.destroy_process_group()
-
-
-def _first_difference(mine: object, theirs: object, where: str = "") -> str:
-    """'settings: long_side (448 vs 224)', or '' when equal."""
-    if isinstance(mine, dict) and isinstance(theirs, dict):
-        for key in sorted(set(mine) | set(theirs)):
-            difference = _first_difference(mine.get(key), theirs.get(key), f"{where}: {key}" if where else key)
-            if difference:
-                return difference
-        return ""
-    return "" if mine == theirs else f"{where} ({mine!r} vs {theirs!r})"

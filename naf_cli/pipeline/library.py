@@ -8,12 +8,10 @@ import torch
 
 from naf_cli.backbones import Backbone
 from naf_cli.modeling import Upsampler
-from naf_cli.pipeline.banded import as_tensor
-from naf_cli.pipeline.h5out import HDF5FeatureSink
-from naf_cli.pipeline.progress import Progress
-from naf_cli.pipeline.run import RunSummary, run_pipeline
+from naf_cli.pipeline.job import JobSpec, LoadedModels, UpsampleSpec, run_job
+from naf_cli.pipeline.run import RunSummary
+from naf_cli.pipeline.seams import Progress
 from naf_cli.pipeline.sizes import OutputSize
-from naf_cli.pipeline.sources import ImageSource
 from naf_cli.pipeline.transforms import ExtractAndUpsample, ExtractFeatures, UpsampleFeatures
 from naf_cli.upsamplers import UpsamplerInfo
 
@@ -31,7 +29,7 @@ def upsample_image(
     rule = output_size or OutputSize("grid", scale)
     transform = ExtractAndUpsample(ExtractFeatures(backbone, long_side), UpsampleFeatures(upsampler, None, rule))
     result = transform(DecodedImage(image))
-    return as_tensor(result.features), dict(result.attrs)
+    return result.features.tensor(), dict(result.attrs)
 
 
 def upsample_folder(
@@ -41,20 +39,30 @@ def upsample_folder(
 ) -> RunSummary:
     """Upsample the backbone features of every image under ``images`` into the HDF5 file ``output``.
 
-    Inputs that cannot be decoded are skipped, named through ``progress`` and recorded in the file.
+    The job of ``naf upsample`` (``naf_cli.pipeline.job``: the same checks, workers and
+    batching) with these models. Inputs that cannot be decoded are skipped, named through
+    ``progress`` and recorded in the file.
     """
-    sink = HDF5FeatureSink(Path(output), overwrite)
-    source = ImageSource([Path(images)])
-    upsampler.check_channels(backbone.info.channels)  # before any output exists
-    rule = output_size or OutputSize("grid", scale)
-    transform = ExtractAndUpsample(ExtractFeatures(backbone, long_side), UpsampleFeatures(upsampler, upsampler_info, rule))
-    return run_pipeline(source, transform, sink, progress, strict)
+    text, rule_scale = _output_size_option(output_size or OutputSize("grid", scale))
+    spec = JobSpec(inputs=[Path(images)], output=Path(output), long_side=long_side, overwrite=overwrite, strict=strict,
+                   upsample=UpsampleSpec(output_size=text, scale=rule_scale))
+    return run_job(spec, progress, LoadedModels(backbone, upsampler, upsampler_info))
 
 
 def extract_folder(
     images: Path, output: Path, backbone: Backbone, long_side: int = 448, overwrite: bool = False,
     progress: Progress | None = None, strict: bool = False,
 ) -> RunSummary:
-    """The backbone's low-resolution features of every image under ``images``, into ``output``."""
-    sink = HDF5FeatureSink(Path(output), overwrite)
-    return run_pipeline(ImageSource([Path(images)]), ExtractFeatures(backbone, long_side), sink, progress, strict)
+    """The backbone's low-resolution features of every image under ``images``, into ``output``
+    (the job of ``naf extract`` with this backbone)."""
+    spec = JobSpec(inputs=[Path(images)], output=Path(output), long_side=long_side, overwrite=overwrite, strict=strict)
+    return run_job(spec, progress, LoadedModels(backbone))
+
+
+def _output_size_option(rule: OutputSize) -> tuple[str, float | None]:
+    """An ``OutputSize`` as ``--output-size`` and ``--scale`` spell it."""
+    if rule.mode == "grid":
+        return "grid", rule.scale
+    if rule.mode == "image":
+        return "image", None
+    return f"{rule.fixed[0]}x{rule.fixed[1]}", None

@@ -53,7 +53,3 @@ class Partition:
         """Start positions (in the name order) of this part's batch groups."""
         step = batch_size * self.count
         return range(self.index * batch_size, inputs, step)
-
-    def assigned(self, inputs: int, batch_size: int) -> int:
-        """How many of ``inputs`` inputs this part takes."""
-        return sum(min(batch_size, inputs - start) for start in self.group_starts(inputs, batch_size))

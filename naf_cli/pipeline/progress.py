@@ -1,22 +1,13 @@
-"""How a run reports progress. The library uses tqdm (it renders in notebooks); the CLI
+"""How a run reports progress (the ``Progress`` seam of ``naf_cli.pipeline.seams``). The library uses tqdm (it renders in notebooks); the CLI
 passes its own reporters (``naf_cli/cli/progress.py``)."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-
-class Progress(Protocol):
-    """Receives a run's events. ``warn`` gets one whole line, never to be wrapped or cut."""
-
-    def start(self, total: int, description: str) -> None: ...
-
-    def advance(self, name: str) -> None: ...
-
-    def warn(self, line: str) -> None: ...
-
-    def close(self) -> None: ...
+if TYPE_CHECKING:
+    from naf_cli.pipeline.seams import Progress
 
 
 class TqdmProgress:
@@ -58,3 +49,23 @@ class SilentProgress:
 
     def close(self) -> None:
         pass
+
+
+class PartProgress:
+    """Another reporter, with the part of a split run before each warning (parts share logs)."""
+
+    def __init__(self, inner: Progress, label: str) -> None:
+        self.inner = inner
+        self.label = label
+
+    def start(self, total: int, description: str) -> None:
+        self.inner.start(total, f"{self.label}: {description}")
+
+    def advance(self, name: str) -> None:
+        self.inner.advance(name)
+
+    def warn(self, line: str) -> None:
+        self.inner.warn(f"{self.label}: {line}")
+
+    def close(self) -> None:
+        self.inner.close()

@@ -9,25 +9,19 @@ whose whole-image encoder would not fit ``max_bytes`` go through the banded path
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 import torch
 
-from naf_cli.disk import check_writable, write_failure
-from naf_cli.errors import ImageReadError, OutputError, RunError
-from naf_cli.images import DecodedImage, read_image
+from naf_cli.images import DecodedImage
 from naf_cli.modeling.restoration import Denoiser
 from naf_cli.modeling.restoration_tiles import denoise_in_tiles, whole_image_bytes
-from naf_cli.pipeline.image_sink import FORMATS, write_image
-from naf_cli.pipeline.progress import Progress
-from naf_cli.pipeline.sources import ImageSource, InputItem
-
-DENOISED_TAG = ".denoised"
-FALLBACK_SUFFIX = ".png"
+from naf_cli.pipeline.feature_map import FeatureMap
+from naf_cli.pipeline.image_sink import RestoredImageSink, is_denoised_output
+from naf_cli.pipeline.run import RunSummary, run_pipeline
+from naf_cli.pipeline.seams import AttrValue, Progress, Result
+from naf_cli.pipeline.sources import ImageSource
 
 
 def restore(denoiser: Denoiser, pixels: torch.Tensor, device: torch.device, max_bytes: int) -> torch.Tensor:
@@ -63,110 +57,48 @@ def restore_batch(
     return results
 
 
-def output_path(item: InputItem, output: Path | None, single_file: bool) -> Path:
-    """Where an input's result goes: beside it as ``NAME.denoised.EXT`` without ``output``; ``output``
-    itself for a single input given a file name with an image suffix; else ``output/NAME``. Inputs in
-    formats that cannot be written (e.g. WebP) are written as PNG."""
-    suffix = item.path.suffix if item.path.suffix.lower() in FORMATS else FALLBACK_SUFFIX
-    if output is None:
-        return item.path.with_name(item.path.stem + DENOISED_TAG + suffix)
-    if single_file and output.suffix.lower() in FORMATS:
-        return output
-    return (output / item.name).with_suffix(suffix)
+class Restore:
+    """The ``Transform`` of ``naf denoise``: decoded images -> their restored pixels [C, H, W] in
+    [0, 1] (greyscale, colour and alpha as the input), batched by size. ``max_bytes``: what one
+    batch may use; an image that does not fit whole is restored in bands (same result)."""
 
+    kind = "denoise"
 
-def is_denoised_output(path: Path) -> bool:
-    """A file this command wrote beside its input (not taken as an input again)."""
-    return path.stem.endswith(DENOISED_TAG)
+    def __init__(self, denoiser: Denoiser, device: torch.device, max_bytes: int) -> None:
+        self.denoiser = denoiser
+        self._device = torch.device(device)
+        self.max_bytes = max_bytes
 
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
-@dataclass
-class DenoiseSummary:
-    written: list[Path] = field(default_factory=list)
-    kept: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    megapixels: float = 0.0
+    def file_attrs(self) -> dict[str, AttrValue]:
+        return {}
+
+    def bucket_key(self, image: DecodedImage, name: str) -> Hashable:
+        return tuple(int(v) for v in image.pixels.shape[-2:])
+
+    def run_batch(self, images: Sequence[DecodedImage], names: Sequence[str]) -> list[Result]:
+        restored = restore_batch(self.denoiser, [image.pixels for image in images], self.device, self.max_bytes)
+        return [Result(FeatureMap.held(pixels), {"exif": image.exif}) for pixels, image in zip(restored, images, strict=True)]
 
 
 def denoise_files(
-    denoiser: Denoiser, source: ImageSource, output: Path | None, device: torch.device, progress: Progress,
+    denoiser: Denoiser, source: ImageSource, output: Path | None, device: torch.device, progress: Progress | None,
     max_bytes: int, overwrite: bool = False, strict: bool = False, jpeg_quality: int = 95,
-    on_written: Callable[[Path], None] | None = None, batch_size: int = 1,
-) -> DenoiseSummary:
-    """Restore every input of ``source``; bad inputs are named and skipped (``strict``: stop).
-
-    Consecutive inputs of one size are restored together, up to ``batch_size`` (for GPUs).
-    An existing output is kept unless ``overwrite`` (a rerun finishes an interrupted folder).
-    Write errors (a full disk) stop the run: every file written so far is complete.
+    on_written: Callable[[Path], None] | None = None, batch_size: int = 1, workers: int | None = None,
+) -> tuple[RunSummary, RestoredImageSink]:
+    """Restore every input of ``source`` through the pipeline's run loop (decoding workers,
+    the writer thread, batches of one size up to ``batch_size``); bad inputs are named and
+    skipped (``strict``: stop). Returns the run's summary (``resumed``: results kept) and the
+    sink (the files written, their megapixels). Outputs go where ``RestoredImageSink`` says;
+    a rerun keeps the existing ones unless ``overwrite``. A write error (a full disk) stops
+    the run: every file written so far is complete.
     """
     items = [item for item in source if not (output is None and is_denoised_output(item.path))]
     single = len(items) == 1 and len(source.items) == 1 and not source.items[0].path.is_dir()
-    if output is not None and single and output.suffix.lower() in FORMATS and output.is_dir():
-        raise OutputError(f"{output} is a folder; fix: pass a file name, or a folder without an image suffix")
-    if output is not None and output.exists() and not output.is_dir() and not (single and output.suffix.lower() in FORMATS):
-        raise OutputError(f"-o {output} is an existing file, and the results need a folder; fix: choose a folder name "
-                          f"for -o (it is created)")
-    for folder in sorted({output_path(item, output, single).parent for item in items}):
-        check_writable(folder)
-    summary = DenoiseSummary()
-    started = time.perf_counter()
-    pending: list[tuple[InputItem, Path, DecodedImage]] = []
-
-    def flush() -> None:
-        restored = restore_batch(denoiser, [decoded.pixels for _, _, decoded in pending], device, max_bytes)
-        for (item, target, decoded), pixels in zip(pending, restored, strict=True):
-            _write(pixels, decoded, target, jpeg_quality)
-            summary.written.append(target)
-            summary.megapixels += decoded.size[0] * decoded.size[1] / 1e6
-            if on_written is not None:
-                on_written(target)
-            progress.advance(item.name)
-        pending.clear()
-
-    progress.start(len(items), "denoising")
-    try:
-        for item in items:
-            target = output_path(item, output, single)
-            if target.exists() and os.path.samefile(target, item.path):
-                raise OutputError(f"the output for {item.path} is the input itself; fix: choose another -o")
-            if target.exists() and not overwrite:
-                summary.kept.append(target)
-                progress.warn(f"kept {target}: it exists (pass --overwrite to redo it)")
-                progress.advance(item.name)
-                continue
-            try:
-                decoded, _ = read_image(item.path)
-            except ImageReadError as err:
-                if strict:
-                    raise RunError(f"{err} (stopped: --strict)") from err
-                summary.skipped.append(item.name)
-                progress.warn(f"skipped {item.path}: {str(err).removeprefix(f'cannot read {item.path}: ')}")
-                progress.advance(item.name)
-                continue
-            if pending and pending[0][2].pixels.shape[-2:] != decoded.pixels.shape[-2:]:
-                flush()
-            pending.append((item, target, decoded))
-            if len(pending) >= batch_size:
-                flush()
-        if pending:
-            flush()
-    finally:
-        progress.close()
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def _write(restored: torch.Tensor, decoded: DecodedImage, target: Path, quality: int) -> None:
-    bit_depth = decoded.bit_depth
-    if target.suffix.lower() in (".jpg", ".jpeg"):
-        bit_depth = 8
-        if restored.shape[0] == 4:
-            raise OutputError(f"cannot write {target}: JPEG holds no alpha; fix: write .png (-o DIR/NAME.png)")
-    if target.suffix.lower() in (".tif", ".tiff") and restored.shape[0] != 1:
-        bit_depth = 8
-    try:
-        os.makedirs(target.parent, exist_ok=True)
-    except OSError as err:
-        raise write_failure(target, err) from err
-    write_image(target, restored, bit_depth, decoded.exif, quality)
+    sink = RestoredImageSink(items, source.root, output, single, overwrite, jpeg_quality, on_written)
+    summary = run_pipeline(ImageSource.of(items, source.root), Restore(denoiser, device, max_bytes), sink, progress,
+                           strict=strict, description="denoising", workers=workers, batch_size=batch_size)
+    return summary, sink

@@ -9,51 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
 from naf_cli.errors import ImageReadError, InputSkipped, OptionError, RunError, first_line
 from naf_cli.images import DecodedImage
-from naf_cli.pipeline.banded import BandedFeatures
+from naf_cli.pipeline.hdf5.layout import RunStatus
 from naf_cli.pipeline.memory import is_out_of_memory, make_current, peak_bytes
 from naf_cli.pipeline.partition import Partition
-from naf_cli.pipeline.progress import Progress, TqdmProgress
-from naf_cli.pipeline.shard_catalog import RunStatus
+from naf_cli.pipeline.progress import TqdmProgress
+from naf_cli.pipeline.resume import run_settings
+from naf_cli.pipeline.seams import Progress, Result, Sink, Transform
 from naf_cli.pipeline.sources import ImageSource, InputItem
 from naf_cli.pipeline.streaming import BackgroundWriter, Decoded, decoded_inputs, default_workers
-from naf_cli.pipeline.transforms import Result, Transform
-
-
-class FeatureSink(Protocol):
-    """Where per-image features go (``HDF5FeatureSink``); ``output`` is what users open.
-
-    ``prepare`` runs before any work, learns which part of a split run this process writes,
-    and returns the names earlier runs (or sibling parts) already finished; ``notices`` are
-    the warnings it found for the user. ``status`` is the whole run's state once ``finish``
-    returns. ``finish`` and ``abort`` end the run (and give back what ``prepare`` took).
-    """
-
-    output: Path
-    status: RunStatus | None
-    notices: list[str]
-
-    def prepare(self, run_settings: Mapping[str, object], partition: Partition = Partition()) -> set[str]: ...
-
-    def begin(self, attrs: Mapping[str, object], names: Sequence[str] = ()) -> None: ...
-
-    def write(self, name: str, features: torch.Tensor | BandedFeatures, attrs: Mapping[str, object]) -> None: ...
-
-    def end_group(self) -> None: ...
-
-    def record_skip(self, name: str, reason: str) -> None: ...
-
-    def finish(self) -> Path: ...
-
-    def abort(self) -> Path | None: ...
 
 
 @dataclass
@@ -84,11 +55,40 @@ class RunSummary:
         return self.compute_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass
+class RunContext:
+    """What the loop carries from one image to the next: where skips are recorded and said, the
+    summary being filled, ``strict`` (the first unusable input stops the run), notes said once."""
+
+    sink: Sink
+    progress: Progress
+    summary: RunSummary
+    strict: bool = False
+    said: set[str] = field(default_factory=set)
+
+    def skip(self, item: InputItem, err: Exception) -> None:
+        """Record an input that cannot be used, or stop the run with ``strict``."""
+        # decode errors name the file themselves; refusals by a transform do not
+        reason = str(err) if isinstance(err, ImageReadError) else f"{item.path}: {err}"
+        if self.strict:
+            raise RunError(f"{reason} (stopped by --strict; without it such inputs are skipped)") from err
+        self.summary.skipped.append((item.name, reason))
+        self.sink.record_skip(item.name, reason)
+        self.progress.warn(f"skipped: {reason}")
+
+    def say_once(self, topic: str, line: str) -> None:
+        """``line`` the first time ``topic`` comes up in this run, nothing after."""
+        if topic not in self.said:
+            self.said.add(topic)
+            self.progress.warn(line)
+
+
 def run_pipeline(
     source: ImageSource,
     transform: Transform,
-    sink: FeatureSink,
+    sink: Sink,
     progress: Progress | None = None,
+    *,
     strict: bool = False,
     run_attrs: Mapping[str, object] | None = None,
     description: str = "",
@@ -123,8 +123,6 @@ def run_pipeline(
         for notice in sink.notices:
             progress.warn(notice)
         summary.resumed = sum(item.name in already_done for item in mine)
-        if already_done:
-            progress.warn(f"resuming {sink.output}: {len(already_done)} image(s) already done are not redone")
         # progress counts the work left, so its rate and time left are this run's
         progress.start(len(mine) - summary.resumed, description or transform.kind)
         workers = default_workers() if workers is None else workers
@@ -136,7 +134,7 @@ def run_pipeline(
         decoded = decoded_inputs([item for group in groups for item in group], workers,
                                  pin_memory=transform.device.type == "cuda")
         writer = BackgroundWriter(sink)
-        notes: set[str] = set()
+        context = RunContext(sink, progress, summary, strict)
         for group in groups:
             records = [next(decoded) for _ in group]
             ready: list[tuple[InputItem, DecodedImage, str]] = []
@@ -144,20 +142,20 @@ def run_pipeline(
                 summary.decode_seconds += record.seconds
                 if record.image is None:
                     if item.name not in already_done:
-                        _skip(item, ImageReadError(record.error), strict, summary, sink, progress)
+                        context.skip(item, ImageReadError(record.error))
                     continue
                 ready.append((item, record.image, record.digest))
             computing = time.perf_counter()
-            results = _compute_group(ready, transform, strict, summary, sink, progress, notes)
+            results = _compute_group(ready, transform, context)
             summary.compute_seconds += time.perf_counter() - computing
             # a group is written only when whole: a shard never holds part of one
             for item, image, digest in ready:
                 if item.name not in results or item.name in already_done:
                     continue
                 result = results[item.name]
-                if image.frames > 1 and "animated" not in notes:
-                    progress.warn(f"note: {item.path} has {image.frames} frames; animated images use their first frame (said once)")
-                    notes.add("animated")
+                if image.frames > 1:
+                    context.say_once("animated", f"note: {item.path} has {image.frames} frames; animated images use their first "
+                                                 f"frame (said once)")
                 for warning in result.warnings:
                     progress.warn(f"warning: {item.path}: {warning}")
                 writer.write(item.name, result.features, {
@@ -167,7 +165,7 @@ def run_pipeline(
                 })
                 summary.done += 1
             writer.end_group()
-            if any(isinstance(result.features, BandedFeatures) for result in results.values()):
+            if any(result.features.is_banded for result in results.values()):
                 banding = time.perf_counter()
                 writer.wait()
                 summary.compute_seconds += time.perf_counter() - banding
@@ -202,32 +200,7 @@ def check_batch_size(batch_size: int) -> None:
         raise OptionError(f"--batch-size must be at least 1, got {batch_size}; fix: --batch-size 1 (or 8 on a GPU)")
 
 
-# attributes that name where things were read from; their content hashes are compared instead
-_LOCATION_KEYS = frozenset({"backbone_weights", "checkpoint", "features_from"})
-
-
-def run_settings(transform: Transform, batch_size: int = 1) -> dict[str, object]:
-    """What a resumed run must share with the run it continues: the transform's settings, and
-    the batch size (batched convolutions may differ from single ones in the last bits)."""
-    attrs = {key: value for key, value in transform.file_attrs().items() if key not in _LOCATION_KEYS}
-    return {"kind": transform.kind, "batch_size": batch_size, **attrs}
-
-
-def _skip(item: InputItem, err: Exception, strict: bool, summary: RunSummary, sink: FeatureSink, progress: Progress) -> None:
-    """Record an input that cannot be used, or stop the run with ``--strict``."""
-    # decode errors name the file themselves; refusals by a transform do not
-    reason = str(err) if isinstance(err, ImageReadError) else f"{item.path}: {err}"
-    if strict:
-        raise RunError(f"{reason} (stopped by --strict; without it such inputs are skipped)") from err
-    summary.skipped.append((item.name, reason))
-    sink.record_skip(item.name, reason)
-    progress.warn(f"skipped: {reason}")
-
-
-def _compute_group(
-    ready: list[tuple[InputItem, DecodedImage, str]], transform: Transform, strict: bool, summary: RunSummary,
-    sink: FeatureSink, progress: Progress, notes: set[str],
-) -> dict[str, Result]:
+def _compute_group(ready: list[tuple[InputItem, DecodedImage, str]], transform: Transform, context: RunContext) -> dict[str, Result]:
     """Results by name for one group: one batch per bucket, halved while it does not fit in memory."""
     buckets: dict[object, list[tuple[InputItem, DecodedImage]]] = {}
     for item, image, _ in ready:
@@ -243,7 +216,7 @@ def _compute_group(
             if isinstance(err, RuntimeError) and not is_out_of_memory(err):
                 raise
             if len(batch) == 1 and isinstance(err, InputSkipped | ImageReadError):
-                _skip(batch[0][0], err, strict, summary, sink, progress)
+                context.skip(batch[0][0], err)
                 continue
             out_of_memory = first_line(err)
         if out_of_memory:
@@ -252,12 +225,9 @@ def _compute_group(
             if transform.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(batch) == 1:
-                _skip(batch[0][0], InputSkipped(f"out of memory ({out_of_memory}); fix: a smaller --output-size or --scale"),
-                      strict, summary, sink, progress)
+                context.skip(batch[0][0], InputSkipped(f"out of memory ({out_of_memory}); fix: a smaller --output-size or --scale"))
                 continue
-            if "oom" not in notes:
-                progress.warn(f"note: a batch of {len(batch)} does not fit in memory; retrying with smaller batches")
-                notes.add("oom")
+            context.say_once("oom", f"note: a batch of {len(batch)} does not fit in memory; retrying with smaller batches")
             half = len(batch) // 2
             pending[:0] = [batch[:half], batch[half:]]
             continue

@@ -17,7 +17,7 @@ import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -25,11 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from naf_cli.cpu_threads import usable_cpus
 from naf_cli.errors import ImageReadError
 from naf_cli.images import DecodedImage, read_image
-from naf_cli.pipeline.banded import BandedFeatures
+from naf_cli.pipeline.feature_map import FeatureMap
+from naf_cli.pipeline.seams import Sink
 from naf_cli.pipeline.sources import InputItem
-
-if TYPE_CHECKING:
-    from naf_cli.pipeline.run import FeatureSink
 
 WRITE_QUEUE = 2
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -136,11 +134,11 @@ def decoded_inputs(items: Sequence[InputItem], workers: int, pin_memory: bool = 
 class BackgroundWriter:
     """Runs ``sink.write`` on a thread; the first error is raised in the caller at the next call."""
 
-    def __init__(self, sink: FeatureSink) -> None:
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.seconds = 0.0
         # jobs: (name, features, attrs) to write, "group" for the end of a batch group, None to stop
-        self._queue: queue.Queue[tuple[str, torch.Tensor | BandedFeatures, Mapping[str, object]] | str | None] = queue.Queue(WRITE_QUEUE)
+        self._queue: queue.Queue[tuple[str, FeatureMap, Mapping[str, object]] | str | None] = queue.Queue(WRITE_QUEUE)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="naf-writer", daemon=True)
         self._thread.start()
@@ -171,7 +169,7 @@ class BackgroundWriter:
             error, self._error = self._error, None
             raise error
 
-    def write(self, name: str, features: torch.Tensor | BandedFeatures, attrs: Mapping[str, object]) -> None:
+    def write(self, name: str, features: FeatureMap, attrs: Mapping[str, object]) -> None:
         self._raise()
         self._queue.put((name, features, attrs))
 

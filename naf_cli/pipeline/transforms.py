@@ -13,8 +13,6 @@ which is known before any model runs. ``file_attrs`` describes the transform for
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,35 +22,13 @@ from naf_cli.errors import InputSkipped
 from naf_cli.features import FeatureFile
 from naf_cli.images import DecodedImage
 from naf_cli.modeling import Upsampler
-from naf_cli.pipeline.banded import BandedFeatures, Bands
+from naf_cli.pipeline.feature_map import Bands, FeatureMap
 from naf_cli.pipeline.memory import available_bytes, gib
+from naf_cli.pipeline.seams import AttrValue, Result
 from naf_cli.pipeline.sizes import ASPECT_WARNING, OutputSize, aspect_stretch, backbone_input_size
 from naf_cli.upsamplers import UpsamplerInfo
 
-AttrValue = str | int | float | tuple[int, ...] | tuple[float, ...]
 Size = tuple[int, int]
-
-
-@dataclass
-class Result:
-    """One image's output: ``features`` [C, H, W] (CPU), attributes and warnings for it."""
-
-    features: torch.Tensor | BandedFeatures
-    attrs: dict[str, AttrValue] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-
-class Transform(Protocol):
-    kind: str  # "extract" or "upsample": what the output file holds
-
-    @property
-    def device(self) -> torch.device: ...
-
-    def file_attrs(self) -> dict[str, AttrValue]: ...
-
-    def bucket_key(self, image: DecodedImage, name: str) -> Hashable: ...
-
-    def run_batch(self, images: Sequence[DecodedImage], names: Sequence[str]) -> list[Result]: ...
 
 
 class BatchTooLarge(MemoryError):
@@ -135,7 +111,7 @@ class ExtractFeatures:
         features = self.backbone(batch)
         results = []
         for image, one in zip(images, features.float().cpu(), strict=True):
-            result = Result(one, {"backbone_input_size": in_size, "feature_size": (int(one.shape[-2]), int(one.shape[-1]))})
+            result = Result(FeatureMap.held(one), {"backbone_input_size": in_size, "feature_size": (int(one.shape[-2]), int(one.shape[-1]))})
             stretch = aspect_stretch(image.size, in_size)
             if stretch > ASPECT_WARNING:
                 result.warnings.append(
@@ -204,32 +180,25 @@ class UpsampleFeatures:
         )
 
     @torch.inference_mode()
-    def __call__(self, image: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor | BandedFeatures, Size]:
-        """image [B, 3, H_img, W_img], features [B, C, h, w] (same device) -> ([B, C, H, W], (H, W)).
+    def __call__(self, image: torch.Tensor, features: torch.Tensor) -> tuple[list[FeatureMap], Size]:
+        """image [B, 3, H_img, W_img], features [B, C, h, w] (same device) -> (B maps [C, H, W], (H, W)).
 
-        An output that only fits band by band (one image) comes back as ``BandedFeatures``,
-        computed while the sink writes it.
+        An output that only fits band by band (one image) is a banded map, computed while the
+        sink writes it.
         """
         image_hw, grid_hw = (int(image.shape[-2]), int(image.shape[-1])), (int(features.shape[-2]), int(features.shape[-1]))
         out_size = self.output_size.resolve(image_hw, grid_hw)
         guide = guidance_image(image, out_size)
         guide_size = (int(guide.shape[-2]), int(guide.shape[-1]))
         if self.check_memory(int(features.shape[1]), out_size, features.device, int(features.shape[0]), guide_size):
-            return self.upsampler(guide, features, out_size), out_size
+            return [FeatureMap.held(one) for one in self.upsampler(guide, features, out_size).float().cpu()], out_size
         upsampler = self.upsampler
 
         def bands() -> Bands:
             for r0, r1, rows in upsampler.forward_bands(guide, features, out_size):
                 yield r0, r1, rows[0].float().cpu()
 
-        return BandedFeatures((int(features.shape[1]), *out_size), bands), out_size
-
-
-def _per_image(upsampled: torch.Tensor | BandedFeatures) -> list[torch.Tensor | BandedFeatures]:
-    """One entry per image of a batch (a banded output is one image)."""
-    if isinstance(upsampled, BandedFeatures):
-        return [upsampled]
-    return list(upsampled.float().cpu())
+        return [FeatureMap.banded((int(features.shape[1]), *out_size), bands)], out_size
 
 
 class ExtractAndUpsample:
@@ -261,7 +230,7 @@ class ExtractAndUpsample:
             _, out_size, guide = self.bucket_key(images[0])
             guidance = _resized(images, guide, self.device)
             upsampled, out_size = self.upsample(guidance, features)
-        for result, one in zip(results, _per_image(upsampled), strict=True):
+        for result, one in zip(results, upsampled, strict=True):
             result.features = one
             result.attrs["output_size"] = out_size
         return results
@@ -305,7 +274,7 @@ class UpsampleStored:
         guidance = _resized(images, guide, self.device)
         upsampled, out_size = self.upsample(guidance, low)
         results = []
-        for name, one in zip(names, _per_image(upsampled), strict=True):
+        for name, one in zip(names, upsampled, strict=True):
             attrs: dict[str, AttrValue] = {"feature_size": (int(low.shape[-2]), int(low.shape[-1])), "output_size": out_size}
             stored_size = self.stored.image_attrs(name).get("backbone_input_size")
             if stored_size is not None:

@@ -19,8 +19,9 @@ import h5py
 
 from naf_cli.errors import NafError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, list_entries, plain_attr
-from naf_cli.pipeline.progress import Progress, SilentProgress
-from naf_cli.pipeline.shard_catalog import SHARD_FINGERPRINT, SHARD_RUN_ID, read_damaged, record_damaged, shard_owner
+from naf_cli.pipeline.hdf5.layout import SHARD_FINGERPRINT, SHARD_RUN_ID, read_damaged, record_damaged, shard_owner
+from naf_cli.pipeline.progress import SilentProgress
+from naf_cli.pipeline.seams import Progress
 
 RERUN = "rerun the command that wrote it (the `command` attribute; it redoes exactly the images concerned)"
 

@@ -19,14 +19,14 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import socket
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -36,6 +36,7 @@ from naf_cli.errors import NafError, OutputError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, as_attr, list_datasets, plain_attr, string_array
 from naf_cli.pipeline.partition import Partition
 
+SHARD_FOLDER_SUFFIX = ".shards"
 RUN_FILE = "run.json"
 DAMAGED_FILE = "damaged.json"
 RUN_ID_LENGTH = 12
@@ -45,55 +46,14 @@ _PART = re.compile(r"^part-(\d+)of(\d+)\.json$")
 SHARD_RUN_ID, SHARD_FINGERPRINT, SHARD_SETTINGS = "run_id", "settings_sha256", "run_settings"
 
 
-def new_run_id() -> str:
-    return secrets.token_hex(RUN_ID_LENGTH // 2)
+def shard_folder(output: Path) -> Path:
+    """The shard folder of the index file ``output``: ``feats.h5`` -> ``feats.h5.shards``."""
+    return output.with_name(output.name + SHARD_FOLDER_SUFFIX)
 
 
-def settings_fingerprint(settings: Mapping[str, object]) -> str:
-    """SHA-256 of the settings as canonical JSON: what every shard of the run carries."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """``run.json``: the run's id (not a setting: parts and resumes adopt it) and its settings."""
-
-    run_id: str
-    settings: Mapping[str, object]
-
-    @property
-    def fingerprint(self) -> str:
-        return settings_fingerprint(self.settings)
-
-    def to_json(self) -> dict[str, object]:
-        return {"run_id": self.run_id, "settings_sha256": self.fingerprint, "settings": dict(self.settings)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
-        settings = data.get("settings")
-        if isinstance(settings, dict):
-            return cls(str(data.get("run_id", "")), settings)
-        return cls("", dict(data))  # format version 2 wrote the settings alone
-
-    @classmethod
-    def read(cls, folder: Path) -> RunRecord | None:
-        """The record of ``folder/run.json``, or None when there is none."""
-        path = folder / RUN_FILE
-        try:
-            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, AttributeError) as err:
-            raise OutputError(f"{path} cannot be read ({err}); fix: delete it (the next run rebuilds it from the "
-                              f"shards' own records) and rerun the same command") from err
-
-
-def first_difference(wanted: Mapping[str, object], previous: Mapping[str, object]) -> str | None:
-    """The first key (in name order) whose values differ, or None."""
-    for key in sorted(set(wanted) | set(previous)):
-        if previous.get(key) != wanted.get(key):
-            return key
-    return None
+def index_file(folder: Path) -> Path:
+    """The index file of a shard folder (``shard_folder`` undone)."""
+    return folder.with_name(folder.name.removesuffix(SHARD_FOLDER_SUFFIX))
 
 
 def shard_file_name(run_id: str, partition: Partition, number: int) -> str:
@@ -177,6 +137,16 @@ def read_parts(folder: Path) -> list[PartState]:
     return sorted(parts, key=lambda p: (p.partition.count, p.partition.index))
 
 
+class RunIdentity(Protocol):
+    """What binds shards to their run (``naf_cli.pipeline.resume.RunRecord``)."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ShardRecord:
     """What a published shard says of itself: its run, the images it holds, or why it cannot be read."""
@@ -209,13 +179,13 @@ class ShardCatalog:
     opens shards it has not seen.
     """
 
-    def __init__(self, folder: Path, record: RunRecord | None = None) -> None:
+    def __init__(self, folder: Path, record: RunIdentity | None = None) -> None:
         self.folder = Path(folder)
         self.record = record
         self._shards: dict[str, ShardRecord] = {}
         self.damaged: set[tuple[str, str]] = set()  # (image, shard file) pairs not to link
 
-    def bind(self, record: RunRecord) -> None:
+    def bind(self, record: RunIdentity) -> None:
         self.record = record
 
     def refresh(self) -> tuple[str, ...]:
@@ -251,16 +221,17 @@ class ShardCatalog:
                 problems.append((shard, f"belongs to {why}, not to the run in {RUN_FILE}; it is not linked"))
         return problems
 
-    def recorded_runs(self) -> list[RunRecord]:
-        """The runs the readable shards say they belong to, the most shards first (to rebuild a lost run.json)."""
+    def recorded_runs(self) -> list[tuple[str, dict[str, object]]]:
+        """(run id, settings) of the runs the readable shards say they belong to, the most shards
+        first (to rebuild a lost run.json)."""
         counts = Counter((r.run_id, r.settings) for r in self._shards.values() if r.run_id and r.settings and not r.unreadable)
-        records = []
+        runs = []
         for (run_id, settings), _ in counts.most_common():
             try:
-                records.append(RunRecord(run_id, json.loads(settings)))
+                runs.append((run_id, json.loads(settings)))
             except ValueError:
                 continue
-        return records
+        return runs
 
     def links(self) -> dict[str, str]:
         """Image name -> shard file, over the run's own shards. An image in two shards (runs that
@@ -357,6 +328,14 @@ def run_status(parts: Sequence[PartState], done: Iterable[str]) -> RunStatus:
     accounted = len(done) + len(skipped) >= inputs
     complete = bool(current) and not problem and len(finished) == count and accounted
     return RunStatus(count, finished, inputs, sorted(skipped), complete, problem)
+
+
+def producer_attrs(created: str | None = None) -> dict[str, object]:
+    """Who wrote an index and when (``created``: keep an earlier start time)."""
+    import naf_cli
+
+    return {"producer": f"naf-cli {naf_cli.__version__}",
+            "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def write_index(output: Path, attrs: Mapping[str, object], links: Mapping[str, str]) -> float:

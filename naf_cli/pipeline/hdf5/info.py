@@ -8,7 +8,7 @@ from typing import Any
 
 from naf_cli.errors import DamagedOutput, NafError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, plain_attr, read_skipped
-from naf_cli.pipeline.integrity import Problem
+from naf_cli.pipeline.hdf5.verify import Problem
 
 RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_root", "out_dtype", "compression",
             "shard_folder", "merged_from", "run_id")
@@ -42,7 +42,7 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
     """
     import h5py
 
-    from naf_cli.pipeline.integrity import find_problems, linked_images
+    from naf_cli.pipeline.hdf5.verify import find_problems, linked_images
 
     path = Path(path)
     if not path.is_file():

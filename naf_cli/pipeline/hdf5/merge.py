@@ -13,26 +13,25 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 
-import naf_cli
 from naf_cli.disk import check_output_file
 from naf_cli.errors import OptionError, OutputError
 from naf_cli.feature_format import plain_attr
-from naf_cli.pipeline.h5out import shard_folder
-from naf_cli.pipeline.shard_catalog import (
+from naf_cli.pipeline.hdf5.layout import (
     RUN_FILE,
-    RunRecord,
     RunStatus,
     ShardCatalog,
-    first_difference,
+    index_file,
+    producer_attrs,
     read_parts,
     run_status,
+    shard_folder,
     write_index,
 )
+from naf_cli.pipeline.resume import RunRecord, first_difference
 
 # index attributes that describe one part's file, not the merged run
 _PER_FILE = frozenset({"shard_folder", "complete", "images_total", "images_done", "images_skipped", "skipped_images",
@@ -63,7 +62,7 @@ def shard_folder_of(part: Path) -> Path:
 
 
 def _index_attrs(folder: Path) -> dict[str, object] | None:
-    index = folder.with_name(folder.name.removesuffix(".shards"))
+    index = index_file(folder)
     if not index.is_file():
         return None
     try:
@@ -98,10 +97,10 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
     assert first is not None
     for folder, theirs in zip(folders[1:], records[1:], strict=True):
         assert theirs is not None
-        key = first_difference(first.settings, theirs.settings)
-        if key is not None:
-            raise OptionError(f"{folder} was written with {key}={theirs.settings.get(key)!r}, {folders[0]} with "
-                              f"{key}={first.settings.get(key)!r}: not parts of one run; fix: merge outputs of one command")
+        difference = first_difference(first.settings, theirs.settings)
+        if difference is not None:
+            raise OptionError(f"{folder} was written with {difference.key}={difference.theirs!r}, {folders[0]} with "
+                              f"{difference.key}={difference.mine!r}: not parts of one run; fix: merge outputs of one command")
     described = next((attrs for folder in folders if (attrs := _index_attrs(folder)) is not None), None)
     if described is None:
         raise OptionError("none of the parts has published an image yet (no index file); fix: merge once they have")
@@ -124,8 +123,7 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
     status = run_status(parts_states, links)
     attrs = {key: value for key, value in described.items() if key not in _PER_FILE}
     attrs.update({
-        "producer": f"naf-cli {naf_cli.__version__}", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command, "shard_folder": "", "images_done": len(links), **status.attrs(),
+        **producer_attrs(), "command": command, "shard_folder": "", "images_done": len(links), **status.attrs(),
         "merged_from": json.dumps([os.path.relpath(folder.absolute(), base) for folder in folders]),
         "merged_run_ids": json.dumps(run_ids), "settings_sha256": first.fingerprint,
     })
