@@ -143,3 +143,23 @@ def test_the_library_runs_the_commands_checks_before_any_work(tmp_path, examples
         upsample_folder(examples_dir, out, load_backbone("effnet-lite0"), load_naf(), UpsamplerInfo("naf"),
                         output_size=OutputSize("fixed", fixed=(100000, 100000)))
     assert list(tmp_path.iterdir()) == []  # nothing written, no lock left
+
+
+def test_the_library_writes_with_the_callers_upsampler_without_its_info(tmp_path, examples_dir):
+    """An upsampler passed without an UpsamplerInfo is used (named after its class), never
+    swapped for the default weights."""
+    import shutil
+
+    import h5py
+
+    from naf_cli import load_backbone, upsample_folder
+    from naf_cli.upsamplers import load_upsampler
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(examples_dir / "chelsea.jpg", photos)
+    bilinear, _ = load_upsampler("bilinear")
+    summary = upsample_folder(photos, tmp_path / "o.h5", load_backbone("effnet-lite0"), bilinear, None, scale=2, workers=0)
+    assert summary.done == 1
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert f.attrs["upsampler"] == type(bilinear).__name__.lower() != "naf"

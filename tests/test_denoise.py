@@ -191,6 +191,18 @@ def test_naf_denoise_runs_on_the_shared_loop_workers_and_strict(tmp_path, exampl
     assert bad.returncode == 2 and "--workers must be 0 or more" in bad.stderr
 
 
+def test_naf_denoise_keeps_the_second_of_two_inputs_with_one_output(tmp_path, examples_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = Image.open(examples_dir / "coffee.jpg").convert("RGB").resize((32, 24))
+    photo.save(folder / "a.png")
+    photo.save(folder / "a.webp")  # WebP cannot be written: its result would be a.png too
+    result = naf("denoise", str(folder), "-o", str(tmp_path / "out"), "--workers", "0", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(tmp_path / "out" / "a.png")]
+    assert f"kept {tmp_path / 'out' / 'a.png'}: an earlier input writes it, not {folder / 'a.webp'}" in result.stderr
+
+
 def test_naf_denoise_output_options_and_errors(tmp_path, examples_dir):
     source = tmp_path / "cat.jpg"
     shutil.copy(examples_dir / "chelsea.jpg", source)

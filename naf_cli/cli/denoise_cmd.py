@@ -54,6 +54,8 @@ def denoise(
 
     if batch_size is not None and batch_size < 1:
         raise OptionError(f"--batch-size {batch_size} must be at least 1; fix: --batch-size 1")
+    if workers is not None and workers < 0:
+        raise OptionError(f"--workers must be 0 or more, got {workers}; fix: e.g. --workers 2, or 0 to decode in the main process")
     if not 1 <= jpeg_quality <= 100:
         raise OptionError(f"--jpeg-quality {jpeg_quality} is out of range; fix: use 1 to 100")
     source = ImageSource(list(inputs or []), list(glob or []), files_from)
@@ -62,8 +64,6 @@ def denoise(
     torch_device = torch.device(resolve_device(device))
     denoiser = load_denoiser(checkpoint, device=torch_device)
     budget = parse_bytes(max_memory) or available_bytes(torch_device) // 2
-    if workers is not None and workers < 0:
-        raise OptionError(f"--workers must be 0 or more, got {workers}; fix: e.g. --workers 2, or 0 to decode in the main process")
     summary, sink = denoise_files(
         denoiser, source, output, torch_device, make_progress(), budget, overwrite, strict, jpeg_quality,
         on_written=lambda path: print(path, flush=True), batch_size=batch_size or (8 if torch_device.type == "cuda" else 1),

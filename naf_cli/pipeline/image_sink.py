@@ -169,8 +169,10 @@ class RestoredImageSink:
         return source.with_name(source.stem + DENOISED_TAG + suffix)
 
     def prepare(self, run_settings: Mapping[str, object], partition: Partition = Partition()) -> set[str]:
-        """The inputs whose result exists already: kept (with a line each), unless ``overwrite``."""
+        """The inputs whose result exists already, or will exist (two inputs with one output:
+        ``a.png`` and ``a.webp``): kept (with a line each), unless ``overwrite``."""
         kept = set()
+        claimed: set[Path] = set()
         for name, source in self._paths.items():
             target = self.path_for(name)
             if target.exists() and os.path.samefile(target, source):
@@ -178,6 +180,11 @@ class RestoredImageSink:
             if target.exists() and not self.overwrite:
                 kept.add(name)
                 self.notices.append(f"kept {target}: it exists (pass --overwrite to redo it)")
+            elif target in claimed and not self.overwrite:
+                kept.add(name)
+                self.notices.append(f"kept {target}: an earlier input writes it, not {source} (pass --overwrite to let the "
+                                    f"later input replace it)")
+            claimed.add(target)
         return kept
 
     def begin(self, attrs: Mapping[str, object], names: Sequence[str] = ()) -> None:

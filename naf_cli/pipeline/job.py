@@ -76,16 +76,24 @@ class JobSpec:
     workers: int | None = None
     batch_size: int = 1
     shard: str | None = None
+    torchrun: bool = True  # started by torchrun: split the inputs over its ranks (the library's wrappers do not)
     command: str = ""
 
 
 @dataclass(frozen=True)
 class LoadedModels:
-    """Models a library caller already has: the job uses them instead of loading by name."""
+    """Models a library caller already has: the job uses them (and their device) instead of
+    loading by name. ``upsampler_info`` None: named after the upsampler's class."""
 
     backbone: Backbone
     upsampler: Upsampler | None = None
     upsampler_info: UpsamplerInfo | None = None
+
+    @property
+    def device(self) -> str:
+        from naf_cli.pipeline.transforms import model_device
+
+        return str(model_device(self.backbone))
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,7 @@ class Split:
 
     @classmethod
     def of(cls, spec: JobSpec) -> Split:
-        rank = torchrun_rank()
+        rank = torchrun_rank() if spec.torchrun else None
         if spec.shard is None:
             return cls(rank.partition if rank else Partition(), rank)
         if rank is not None:
@@ -163,10 +171,12 @@ def _build(spec: JobSpec, split: Split, sink: HDF5FeatureSink, rule: OutputSize 
     from naf_cli.pipeline.distributed import rank_device
     from naf_cli.pipeline.sources import ImageSource
     from naf_cli.pipeline.transforms import ExtractAndUpsample, ExtractFeatures, UpsampleFeatures
-    from naf_cli.upsamplers import load_upsampler
 
     upsample = spec.upsample
-    device = resolve_device(rank_device(spec.device, split.rank) if split.rank else spec.device)
+    if models is not None:
+        device = models.device
+    else:
+        device = resolve_device(rank_device(spec.device, split.rank) if split.rank else spec.device)
     stored_path = feature_file_input(spec.inputs)
     if stored_path is not None:
         if upsample is None or rule is None:
@@ -179,10 +189,7 @@ def _build(spec: JobSpec, split: Split, sink: HDF5FeatureSink, rule: OutputSize 
     # 2. models, and what they imply for the output
     name = models.backbone.info.name if models else get_spec(spec.vfm).name
     if upsample is not None and rule is not None:
-        if models is not None and models.upsampler is not None and models.upsampler_info is not None:
-            upsampler, info = models.upsampler, models.upsampler_info
-        else:
-            upsampler, info = load_upsampler(upsample.upsampler, upsample.checkpoint, device)
+        upsampler, info = _upsampler(upsample, models, device)
         backbone = models.backbone if models else load_backbone(name, spec.vfm_weights, device, spec.layer, spec.backbone_precision)
         upsampler.check_channels(backbone.info.channels)
         _check_room(spec, upsampler, backbone.info.channels, backbone.info.patch_size, rule, limit, device)
@@ -190,6 +197,15 @@ def _build(spec: JobSpec, split: Split, sink: HDF5FeatureSink, rule: OutputSize 
         return source, transform, f"{name} + {info.name} ({rule.describe()})"
     backbone = models.backbone if models else load_backbone(name, spec.vfm_weights, device, spec.layer, spec.backbone_precision)
     return source, ExtractFeatures(backbone, spec.long_side), f"{name} features"
+
+
+def _upsampler(upsample: UpsampleSpec, models: LoadedModels | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
+    """The caller's upsampler when it gave one, else the one ``upsample`` names, loaded."""
+    from naf_cli.upsamplers import UpsamplerInfo, load_upsampler
+
+    if models is not None and models.upsampler is not None:
+        return models.upsampler, models.upsampler_info or UpsamplerInfo(type(models.upsampler).__name__.lower())
+    return load_upsampler(upsample.upsampler, upsample.checkpoint, device)
 
 
 def _check_room(spec: JobSpec, upsampler: Upsampler, channels: int, patch_size: int, rule: OutputSize, limit: int | None,
@@ -229,17 +245,13 @@ def _upsample_stored(path: Path, device: str, upsample: UpsampleSpec, rule: Outp
     from naf_cli.features import FeatureFile
     from naf_cli.pipeline.sources import ImageSource, InputItem
     from naf_cli.pipeline.transforms import UpsampleFeatures, UpsampleStored
-    from naf_cli.upsamplers import load_upsampler
 
     stored = FeatureFile(path)
     if not len(stored):
         raise OptionError(f"{path} holds no features; fix: pass a file written by naf extract")
     items = [InputItem(name, source_image_path(stored, name, upsample.image_root)) for name in stored]
     source = ImageSource.of(items, upsample.image_root or Path(str(stored.attrs.get("source_root", path.parent))))
-    if models is not None and models.upsampler is not None and models.upsampler_info is not None:
-        upsampler, info = models.upsampler, models.upsampler_info
-    else:
-        upsampler, info = load_upsampler(upsample.upsampler, upsample.checkpoint, device)
+    upsampler, info = _upsampler(upsample, models, device)
     upsampler.check_channels(int(stored.dataset(stored.names[0]).shape[0]))
     transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule, limit))
     return source, transform, f"{path.name} + {info.name} ({rule.describe()})"

@@ -63,6 +63,7 @@ class Restore:
     batch may use; an image that does not fit whole is restored in bands (same result)."""
 
     kind = "denoise"
+    memory_fix = "a smaller --max-memory (an image that does not fit is then restored in bands)"
 
     def __init__(self, denoiser: Denoiser, device: torch.device, max_bytes: int) -> None:
         self.denoiser = denoiser

@@ -225,7 +225,7 @@ def _compute_group(ready: list[tuple[InputItem, DecodedImage, str]], transform: 
             if transform.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(batch) == 1:
-                context.skip(batch[0][0], InputSkipped(f"out of memory ({out_of_memory}); fix: a smaller --output-size or --scale"))
+                context.skip(batch[0][0], InputSkipped(f"out of memory ({out_of_memory}); fix: {transform.memory_fix}"))
                 continue
             context.say_once("oom", f"note: a batch of {len(batch)} does not fit in memory; retrying with smaller batches")
             half = len(batch) // 2

@@ -41,7 +41,8 @@ class Transform(Protocol):
     transform for the output (and, less where things were read from, what a resume must share).
     """
 
-    kind: str  # "extract" or "upsample": what the output file holds
+    kind: str  # what the output holds: "extract", "upsample" or "denoise"
+    memory_fix: str  # what to change when one image does not fit in memory (the end of a one-line error)
 
     @property
     def device(self) -> torch.device: ...

@@ -73,6 +73,7 @@ class ExtractFeatures:
     """Images -> the backbone's features [C, h, w] of each image resized to ``long_side``."""
 
     kind = "extract"
+    memory_fix = "a smaller --long-side"
 
     def __init__(self, backbone: Backbone, long_side: int = 448) -> None:
         self.backbone = backbone
@@ -137,6 +138,7 @@ class UpsampleFeatures:
     """
 
     kind = "upsample"
+    memory_fix = "a smaller --output-size or --scale"
 
     def __init__(
         self, upsampler: Upsampler, info: UpsamplerInfo | None = None, output_size: OutputSize = OutputSize(),
@@ -205,6 +207,7 @@ class ExtractAndUpsample:
     """Images -> backbone features -> upsampled features (``naf upsample``)."""
 
     kind = "upsample"
+    memory_fix = "a smaller --output-size or --scale"
 
     def __init__(self, extract: ExtractFeatures, upsample: UpsampleFeatures) -> None:
         self.extract = extract
@@ -248,6 +251,7 @@ class UpsampleStored:
     """Features stored in an extract file -> upsampled, guided by each photo (no backbone pass)."""
 
     kind = "upsample"
+    memory_fix = "a smaller --output-size or --scale"
 
     def __init__(self, features: FeatureFile, upsample: UpsampleFeatures) -> None:
         self.stored = features

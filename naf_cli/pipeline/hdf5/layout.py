@@ -130,7 +130,7 @@ def read_parts(folder: Path) -> list[PartState]:
             continue
         try:
             parts.append(PartState.from_json(json.loads(path.read_text(encoding="utf-8"))))
-        except FileNotFoundError:  # listed, then removed by a part of a new split (its _remove_stale)
+        except FileNotFoundError:  # listed, then removed by a part of a new split (``resume.remove_stale``)
             continue
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise OutputError(f"{path} cannot be read ({err}); fix: delete it and rerun that part to write it again") from err
