@@ -17,6 +17,7 @@ import numpy as np
 
 from naf_cli.errors import NafError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, FORMAT_VERSION, list_entries, plain_attr
+from naf_cli.pca.stored import PCA_GROUP, StoredBasis
 
 FIX = "fix: pass an .h5 file written by naf extract or naf upsample (docs/format.md)"
 UNREADABLE_FIX = ("fix: keep the file and its .shards folder together, or rerun the command that wrote it (it redoes "
@@ -26,6 +27,9 @@ UNREADABLE_FIX = ("fix: keep the file and its .shards folder together, or rerun 
 
 class FeatureFile(Mapping[str, np.ndarray]):
     """``FeatureFile(path)[name]`` -> [C, H, W] array; ``.dataset(name)`` for tiles and channel ranges.
+
+    A file written with ``--pca K`` holds K components per image: ``[name]`` gives them,
+    ``reconstruct(name)`` the features in the backbone's C channels (``.pca`` is the basis).
 
     A file written by another tool is read too if it has ``/features/<name>`` datasets of
     shape [C, H, W]; a ``format_version`` newer than this naf-cli's is refused.
@@ -53,6 +57,9 @@ class FeatureFile(Mapping[str, np.ndarray]):
         self.unreadable = {name: problem for name, problem in entries if problem}
         self._name_set = frozenset(self.names)
         self.attrs = {key: plain_attr(value) for key, value in handle.attrs.items()}
+        pca = handle.get(PCA_GROUP)
+        # --pca files: the features are coordinates along these components
+        self.pca: StoredBasis | None = StoredBasis.read(pca) if isinstance(pca, h5py.Group) else None
 
     def _handle(self) -> h5py.File:
         # HDF5 handles must not cross a fork: each process opens its own
@@ -85,6 +92,12 @@ class FeatureFile(Mapping[str, np.ndarray]):
         except OSError as err:  # a chunk whose checksum fails, or a shard truncated on disk
             raise NafError(f"image {name} of {self.path} is damaged ({first_line(err)}); fix: run naf verify "
                            f"{self.path}, then rerun the command that wrote it to redo the damaged images") from err
+
+    def reconstruct(self, name: str) -> np.ndarray:
+        """[C, H, W] float32 features of a ``--pca`` file in the original channels (less what the
+        components left out held); for any other file, its stored features as float32."""
+        stored = self[name]
+        return stored.astype(np.float32) if self.pca is None else self.pca.reconstruct(stored)
 
     def image_attrs(self, name: str) -> dict[str, Any]:
         return {key: plain_attr(value) for key, value in self.dataset(name).attrs.items()}

@@ -110,6 +110,22 @@ def decode_image(data: bytes, name: str | Path = "<bytes>") -> DecodedImage:
     return DecodedImage(pixels, bit_depth, exif.tobytes() if len(exif) else b"", frames, source_format)
 
 
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) of an image upright, from its header alone (nothing decoded); None when the
+    header cannot be read (the run says why when it decodes the file)."""
+    try:
+        if not stat.S_ISREG(Path(path).stat().st_mode):
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a bomb is refused, with its reason, when the run decodes it
+            with Image.open(path) as img:
+                width, height = img.size
+                turned = int(img.getexif().get(EXIF_ORIENTATION, 1)) in (5, 6, 7, 8)
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError):
+        return None
+    return (width, height) if turned else (height, width)
+
+
 def _samples(img: Image.Image) -> tuple[np.ndarray, int]:
     """[H, W, C] float32 in [0, 1] and the source bit depth."""
     if img.mode in _SIXTEEN_BIT_MODES:

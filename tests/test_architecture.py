@@ -139,7 +139,8 @@ def test_the_library_runs_the_commands_checks_before_any_work(tmp_path, examples
     from naf_cli.upsamplers import UpsamplerInfo
 
     out = tmp_path / "o.h5"
-    with pytest.raises(OptionError, match=r"outputs up to 100000x100000 with 112 channels .* more than the .* (available|free on the disk of .*); fix:"):
+    with pytest.raises(OptionError, match=r"(outputs up to 100000x100000 with 112 channels .* more than the .* available|the run "
+                                          r"would write about .* more than the .* free on the disk of .*); fix:"):
         upsample_folder(examples_dir, out, load_backbone("effnet-lite0"), load_naf(), UpsamplerInfo("naf"),
                         output_size=OutputSize("fixed", fixed=(100000, 100000)))
     assert list(tmp_path.iterdir()) == []  # nothing written, no lock left

@@ -130,6 +130,9 @@ def test_the_run_loop_waits_for_a_banded_output_before_the_next_batch(examples_d
         def file_attrs(self):
             return {}
 
+        def file_arrays(self):
+            return {}
+
         def bucket_key(self, image, name):
             return name
 

@@ -16,8 +16,9 @@ from naf_cli.backbones import load_backbone
 from naf_cli.images import read_image
 from naf_cli.pca import fit_basis, sample_positions
 from naf_cli.pca import render as pca_render
+from naf_cli.pca.basis import fit_on, seeded_choice
 from naf_cli.pca.panels import GAP, LABEL_HEIGHT, fit_height
-from naf_cli.pca.render import PcaSettings, fit_on, to_rgb
+from naf_cli.pca.render import PcaSettings, to_rgb
 from naf_cli.pipeline.transforms import ExtractFeatures
 
 CLI = [sys.executable, "-m", "naf_cli"]
@@ -92,8 +93,8 @@ def test_pictures_from_images_share_one_seeded_basis(two_photos, tmp_path):
     settings = PcaSettings(fit_images=1, seed=5, height=64)
     extract = ExtractFeatures(load_backbone("effnet-lite0"), 448)
     photos = {name: read_image(two_photos / name)[0] for name in ("chelsea.jpg", "coffee.jpg")}
-    fitted_on = pca_render.seeded_choice(sorted(photos), 1, 5)
-    basis = fit_on(iter([extract(photos[fitted_on[0]]).features.tensor()]), settings)
+    fitted_on = seeded_choice(sorted(photos), 1, 5)
+    basis = fit_on(iter([extract(photos[fitted_on[0]]).features.tensor()]), 3, settings.seed, settings.samples)
     for name, photo in photos.items():
         picture = np.asarray(Image.open(out / name.replace(".jpg", ".png")).convert("RGB"))
         lr = extract(photo).features.tensor()

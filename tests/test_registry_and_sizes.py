@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from naf_cli.errors import UnknownNameError
-from naf_cli.pipeline.sizes import backbone_input_size, chunk_shape, output_size
+from naf_cli.pipeline.sizes import CHUNK_PADDING, backbone_input_size, chunk_shape, output_size, stored_bytes
 from naf_cli.upsamplers import UPSAMPLERS, load_upsampler
 
 
@@ -45,6 +45,26 @@ def test_output_size_and_chunks():
     assert c == 64 and c * th * tw * 2 <= 1 << 20 and th == tw
     assert chunk_shape(112, 448, 448)[0] == 56  # two equal blocks, no padding channels
     assert chunk_shape(4, 10, 10) == (4, 10, 10)
+
+
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_chunks_pad_the_data_by_at_most_5_percent_and_stay_within_a_mebibyte(itemsize):
+    """Edge chunks are stored whole: a 112 x 304 x 448 map in tiles of 96 took 1.33x its bytes."""
+    import math
+
+    sides = [1, 2, 5, 13, 47, 64, 65, 96, 97, 150, 193, 240, 304, 336, 448, 449, 500, 897, 1792, 4000]
+    for channels in (1, 3, 32, 63, 64, 65, 100, 112, 129, 130, 384, 768, 1025, 1536):
+        for height in sides:
+            for width in sides[::3]:
+                chunk = chunk_shape(channels, height, width, itemsize)
+                data = channels * height * width * itemsize
+                assert stored_bytes((channels, height, width), chunk, itemsize) <= CHUNK_PADDING * data, (channels, height, width, chunk)
+                assert math.prod(chunk) * itemsize <= 1 << 20, (channels, height, width, chunk)
+                assert chunk[0] <= 64 and chunk[1] <= height and chunk[2] <= width
+    # the example photo's map: within 1%, in tiles of about a mebibyte
+    chunk = chunk_shape(112, 304, 448, itemsize)
+    assert stored_bytes((112, 304, 448), chunk, itemsize) <= 1.01 * 112 * 304 * 448 * itemsize
+    assert math.prod(chunk) * itemsize > (1 << 20) // 2
 
 
 def test_every_package_is_in_the_wheel_list():

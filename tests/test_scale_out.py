@@ -312,3 +312,41 @@ def test_a_part_file_removed_while_another_part_lists_them_is_passed_over(tmp_pa
     doomed.write_text("{not json")  # a file that is there but damaged is still an error with its fix
     with pytest.raises(Exception, match=r"part-1of2.json cannot be read .* fix: delete it"):
         read_parts(tmp_path)
+
+
+# --pca: each process fits the basis on its own; the split runs agree with one process on it
+PCA = ["--pca", "8"]
+
+
+@pytest.fixture(scope="module")
+def single_pca(photos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single-pca") / "one.h5"
+    result = naf(*RUN, *PCA, str(photos), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def pca_arrays(path: Path) -> dict[str, bytes]:
+    with h5py.File(path, "r") as f:
+        return {name: f["pca"][name][()].tobytes() for name in f["pca"]}
+
+
+def test_torchrun_ranks_agree_on_the_pca_basis(photos, single_pca, tmp_path):
+    out = tmp_path / "t.h5"
+    result = torchrun("--standalone", "--nproc-per-node", "2", "-m", "naf_cli", *RUN, *PCA, str(photos), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert_complete_and_equal(out, single_pca, parts=2)
+    assert pca_arrays(out) == pca_arrays(single_pca) and len(pca_arrays(out)) == 4
+    assert root_attrs(out)["pca_sha256"] == root_attrs(single_pca)["pca_sha256"]
+
+
+def test_separate_pca_shard_runs_agree_on_the_basis_and_merge(photos, single_pca, tmp_path):
+    parts = [tmp_path / f"p{i}.h5" for i in range(2)]
+    for i, part in enumerate(parts):  # each in its own folder: nothing shared but the inputs
+        result = naf(*RUN, *PCA, str(photos), "--shard", f"{i}/2", "-o", str(part))
+        assert result.returncode == 0, result.stderr
+    merged = tmp_path / "merged.h5"
+    result = naf("merge", *map(str, parts), "-o", str(merged))
+    assert result.returncode == 0, result.stderr
+    assert_complete_and_equal(merged, single_pca, parts=2)
+    assert pca_arrays(merged) == pca_arrays(single_pca)

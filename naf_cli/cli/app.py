@@ -25,6 +25,7 @@ from naf_cli.cli.extract_cmd import extract
 from naf_cli.cli.help_text import tidy_help
 from naf_cli.cli.info_cmd import info
 from naf_cli.cli.merge_cmd import merge
+from naf_cli.cli.pack_cmd import pack
 from naf_cli.cli.pca_cmd import pca
 from naf_cli.cli.train_cmd import train
 from naf_cli.cli.upsample_cmd import upsample
@@ -193,6 +194,7 @@ app.command()(denoise)
 app.command()(info)
 app.command()(verify)
 app.command()(merge)
+app.command()(pack)
 app.command("eval")(eval_)
 app.command()(train)
 app.command()(bench)

@@ -49,6 +49,13 @@ def _render(summary: dict) -> None:
     for section in ("run", "backbone", "upsampler"):
         for key, value in summary[section].items():
             table.add_row(key, str(value))
+    pca = summary["pca"]
+    if pca:
+        table.add_row("pca", f"{pca.get('pca_components')} of {pca.get('pca_channels')} channels, "
+                             f"{100 * float(pca.get('pca_variance_kept', 0)):.1f}% of the variance (fitted on "
+                             f"{pca.get('pca_fit_images')} image(s), seed {pca.get('pca_seed')}); FeatureFile.reconstruct "
+                             f"gives the {pca.get('pca_channels')} channels")
+        table.add_row("pca basis sha256", str(pca.get("pca_sha256")))
     images = summary["images"]
     table.add_row("images done", str(images["done"]))
     table.add_row("images skipped", str(images["skipped"]))
@@ -61,6 +68,11 @@ def _render(summary: dict) -> None:
     if shapes["height_range"]:
         (h0, h1), (w0, w1) = shapes["height_range"], shapes["width_range"]
         table.add_row("sizes (HxW)", f"{h0}..{h1} x {w0}..{w1}")
+    if shapes["feature_bytes_data"]:
+        stored, data = shapes["feature_bytes_stored"], shapes["feature_bytes_data"]
+        how = "compressed" if summary["run"].get("compression", "none") != "none" else "chunk padding"
+        table.add_row("stored / data", f"{stored / data:.3f} ({human_bytes(stored)} stored for {human_bytes(data)} of "
+                                       f"features; {how})")
     console.print(table)
     if summary["problems"]:
         console.print("\n[bold]problems[/bold]")

@@ -23,7 +23,8 @@ class RichProgress:
         self.task = self.progress.add_task("", total=None)
 
     def start(self, total: int, description: str) -> None:
-        self.progress.update(self.task, total=total, description=description)
+        # a run may have a stage before its main one (fitting --pca's basis): each starts from 0
+        self.progress.reset(self.task, total=total, description=description)
         self.progress.start()
 
     def advance(self, name: str) -> None:
@@ -50,7 +51,7 @@ class PlainProgress:
         print(text, file=self.stream, flush=True)
 
     def start(self, total: int, description: str) -> None:
-        self.total, self.description = total, description
+        self.total, self.description, self.count = total, description, 0
         self.started = self.last = time.monotonic()
         self._line(f"{description}: {total} input(s)")
 

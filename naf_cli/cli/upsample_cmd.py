@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -65,6 +66,19 @@ def upsample(
         "--max-memory", help="Memory one forward may use, e.g. 8G (default: what is available). NAF outputs that need more are "
         "computed and written in bands of rows.",
     )] = None,
+    pca: Annotated[Optional[int], typer.Option(
+        "--pca", help="Store K principal components of the features instead of all C channels (C/K times smaller); the "
+        "basis, fitted on the run's low-resolution features, is stored under /pca (FeatureFile.reconstruct undoes it).",
+        show_default=False,
+    )] = None,
+    pca_fit: Annotated[Optional[int], typer.Option(
+        "--pca-fit", help="With --pca: images (a seeded choice of the inputs) the basis is fitted on. \\[default: all, up to 256]",
+        show_default=False,
+    )] = None,
+    pca_basis: Annotated[Optional[Path], typer.Option(
+        "--pca-basis", help="With or instead of --pca: use the basis of this --pca output rather than fitting one (the "
+        "parts of one run on unlike machines share it this way).", show_default=False,
+    )] = None,
 ) -> None:
     """Upsample the backbone features of every image into one HDF5 file.
 
@@ -79,6 +93,6 @@ def upsample(
         strict=strict, device=device, overwrite=overwrite, out_dtype=out_dtype, compression=compression,
         shard_images=shard_images, workers=workers, batch_size=batch_size, shard=shard, command=command_line(),
         upsample=UpsampleSpec(upsampler=upsampler, checkpoint=checkpoint, output_size=output_size, scale=scale,
-                              image_root=image_root, max_memory=max_memory),
+                              image_root=image_root, max_memory=max_memory, pca=pca, pca_fit=pca_fit, pca_basis=pca_basis),
     )
     raise typer.Exit(run_and_report(spec))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from naf_cli.errors import NafError
 
 # colours span the 1st to the 99th percentile of each component over the fitted sample
 LOW_QUANTILE, HIGH_QUANTILE = 0.01, 0.99
@@ -13,12 +17,20 @@ LOW_QUANTILE, HIGH_QUANTILE = 0.01, 0.99
 @dataclass(frozen=True)
 class PCABasis:
     """``mean`` [C], ``axes`` [k, C] (unit vectors, largest variance first), and per component
-    the ``low`` and ``high`` [k] projections mapped to 0 and 1."""
+    the ``low`` and ``high`` [k] projections mapped to 0 and 1 (for colours), the ``variance``
+    [k] along each axis and the samples' ``total_variance`` (the trace of their covariance)."""
 
     mean: torch.Tensor
     axes: torch.Tensor
     low: torch.Tensor
     high: torch.Tensor
+    variance: torch.Tensor
+    total_variance: float
+
+    @property
+    def explained(self) -> torch.Tensor:
+        """[k] share of the samples' variance along each axis."""
+        return self.variance / max(self.total_variance, 1e-300)
 
     @property
     def channels(self) -> int:
@@ -32,6 +44,25 @@ class PCABasis:
         flat = features.reshape(channels, -1).T.double() - self.mean
         scaled = (flat @ self.axes.T - self.low) / (self.high - self.low).clamp(min=1e-12)
         return scaled.clamp(0, 1).T.reshape(-1, rows, width).float()
+
+
+def seeded_choice(names: Sequence[str], count: int, seed: int) -> list[str]:
+    """Up to ``count`` of ``names``, the same ones for the same seed, in their original order."""
+    if len(names) <= count:
+        return list(names)
+    chosen = set(random.Random(seed).sample(range(len(names)), count))
+    return [name for i, name in enumerate(names) if i in chosen]
+
+
+def fit_on(maps: Iterable[torch.Tensor], components: int, seed: int, samples: int) -> PCABasis:
+    """A basis of ``components`` axes from up to ``samples`` vectors of each [C, h, w] map, at
+    positions drawn from one generator seeded with ``seed`` (maps in a fixed order give the
+    same basis on every run)."""
+    generator = torch.Generator().manual_seed(seed)
+    picked = [sample_positions(m.float(), samples, generator) for m in maps]
+    if not picked:
+        raise NafError("no features to fit a PCA basis on; fix: check that the inputs hold readable images or feature maps")
+    return fit_basis(torch.cat(picked), components)
 
 
 def sample_positions(features: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -60,10 +91,11 @@ def fit_basis(samples: torch.Tensor, components: int = 3) -> PCABasis:
     centred = samples - mean
     covariance = centred.T @ centred / (count - 1)
     values, vectors = torch.linalg.eigh(covariance)  # ascending
-    axes = vectors[:, torch.argsort(values, descending=True)[:components]].T.contiguous()
+    order = torch.argsort(values, descending=True)[:components]
+    axes = vectors[:, order].T.contiguous()
     signs = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))
     axes = axes * signs
     projected = centred @ axes.T
     low = torch.quantile(projected, LOW_QUANTILE, dim=0)
     high = torch.quantile(projected, HIGH_QUANTILE, dim=0)
-    return PCABasis(mean, axes, low, high)
+    return PCABasis(mean, axes, low, high, values[order].clamp(min=0), float(values.clamp(min=0).sum()))

@@ -9,8 +9,7 @@ are never loaded whole.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from naf_cli.errors import ImageReadError, InputSkipped, NafError, OptionError
 from naf_cli.features import FeatureFile
 from naf_cli.images import DecodedImage, read_image
-from naf_cli.pca.basis import PCABasis, fit_basis, sample_positions
+from naf_cli.pca.basis import PCABasis, fit_on, seeded_choice
 from naf_cli.pca.panels import Panel, compose
 from naf_cli.pipeline.image_sink import ImageSink
 from naf_cli.pipeline.seams import Progress
@@ -73,23 +72,6 @@ def dataset_rgb(data: h5py.Dataset, basis: PCABasis, settings: PcaSettings) -> t
     return to_rgb(lambda r0, r1: torch.from_numpy(data[:, r0:r1, :]), tuple(data.shape), basis, settings)
 
 
-def seeded_choice(names: Sequence[str], count: int, seed: int) -> list[str]:
-    """Up to ``count`` of ``names``, the same ones for the same seed, in their original order."""
-    if len(names) <= count:
-        return list(names)
-    chosen = set(random.Random(seed).sample(range(len(names)), count))
-    return [name for i, name in enumerate(names) if i in chosen]
-
-
-def fit_on(maps: Iterator[torch.Tensor], settings: PcaSettings) -> PCABasis:
-    """A basis from up to ``settings.samples`` vectors of each map."""
-    generator = torch.Generator().manual_seed(settings.seed)
-    samples = [sample_positions(m.float(), settings.samples, generator) for m in maps]
-    if not samples:
-        raise NafError("no features to fit a PCA basis on; fix: check that the inputs hold readable images or feature maps")
-    return fit_basis(torch.cat(samples), max(settings.components))
-
-
 def _label(name: str, shape: Sequence[int]) -> str:
     return f"{name} {shape[-2]}x{shape[-1]}"
 
@@ -124,7 +106,8 @@ def pca_from_images(
 
     fit_names = seeded_choice(list(items), settings.fit_images, settings.seed)
     warn(f"fitting one PCA basis on {len(fit_names)} image(s)")
-    basis = fit_on((low_res(image) for name in fit_names if (image := decoded(items[name])) is not None), settings)
+    basis = fit_on((low_res(image) for name in fit_names if (image := decoded(items[name])) is not None),
+                   max(settings.components), settings.seed, settings.samples)
     written = []
     progress.start(len(items), "PCA pictures")
     for name, item in items.items():
@@ -179,7 +162,8 @@ def pca_from_files(
     names = readable
     basis_file = low_files[0] if low_files else files[0]
     fit_names = seeded_choice(names, settings.fit_images, settings.seed)
-    basis = fit_on((torch.from_numpy(basis_file[name]) for name in fit_names), settings)
+    basis = fit_on((torch.from_numpy(basis_file[name]) for name in fit_names), max(settings.components), settings.seed,
+                   settings.samples)
     written = []
     progress.start(len(names), "PCA pictures")
     for name in names:

@@ -187,7 +187,7 @@ class RestoredImageSink:
             claimed.add(target)
         return kept
 
-    def begin(self, attrs: Mapping[str, object], names: Sequence[str] = ()) -> None:
+    def begin(self, attrs: Mapping[str, object], names: Sequence[str] = (), arrays: Mapping[str, np.ndarray] | None = None) -> None:
         pass
 
     def write(self, name: str, features: FeatureMap, attrs: Mapping[str, object]) -> None:

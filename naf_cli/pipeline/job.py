@@ -10,7 +10,7 @@ library user gets the same checks, decoding workers and batching.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,13 +22,19 @@ from naf_cli.pipeline.partition import Partition
 from naf_cli.pipeline.progress import PartProgress, SilentProgress
 from naf_cli.pipeline.seams import Progress, Transform
 
+Shape = tuple[int, int, int]
+
 if TYPE_CHECKING:
+    import torch
+
     from naf_cli.backbones import Backbone
     from naf_cli.modeling import Upsampler
     from naf_cli.pipeline.hdf5.sink import HDF5FeatureSink
+    from naf_cli.pipeline.projection import ProjectedFeatures
     from naf_cli.pipeline.run import RunSummary
     from naf_cli.pipeline.sizes import OutputSize
     from naf_cli.pipeline.sources import ImageSource
+    from naf_cli.pipeline.transforms import ExtractFeatures
     from naf_cli.upsamplers import UpsamplerInfo
 
 
@@ -39,6 +45,9 @@ class UpsampleSpec:
     ``output_size``: ``grid`` (the feature grid times ``scale``, default 16), ``image`` or
     ``HxW``. ``image_root``: with an extract file as input, the photos' folder.
     ``max_memory``: what one forward may use (``8G``); larger NAF outputs go in bands.
+    ``pca``: store K principal components of the features (``naf_cli.pipeline.projection``),
+    the basis fitted on ``pca_fit`` of the inputs (None: all of them, up to 256), or taken from
+    the ``--pca`` output ``pca_basis``.
     """
 
     upsampler: str = "naf"
@@ -47,6 +56,9 @@ class UpsampleSpec:
     scale: float | None = None
     image_root: Path | None = None
     max_memory: str | None = None
+    pca: int | None = None
+    pca_fit: int | None = None
+    pca_basis: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +109,19 @@ class LoadedModels:
 
 
 @dataclass(frozen=True)
+class Pipeline:
+    """A job built: its source, transform, the progress line's words, and for the size said
+    before the run, each input's output shape (None when its header cannot be read) and what
+    would make the output smaller."""
+
+    source: ImageSource
+    transform: Transform
+    description: str
+    output_shape: Callable[[str], Shape | None]
+    smaller: list[str]
+
+
+@dataclass(frozen=True)
 class Split:
     """Which part of the run this process does: ``--shard I/N``, a torchrun rank, or all of it."""
 
@@ -135,6 +160,7 @@ def run_job(spec: JobSpec, progress: Progress | None = None, models: LoadedModel
     from naf_cli.backbones import get_spec
     from naf_cli.pipeline.hdf5.sink import HDF5FeatureSink
     from naf_cli.pipeline.memory import parse_bytes
+    from naf_cli.pipeline.projection import check_pca
     from naf_cli.pipeline.run import check_batch_size
     from naf_cli.pipeline.sizes import OutputSize, check_positive
     from naf_cli.upsamplers import get_factory
@@ -147,6 +173,8 @@ def run_job(spec: JobSpec, progress: Progress | None = None, models: LoadedModel
     if spec.workers is not None and spec.workers < 0:
         raise OptionError(f"--workers must be 0 or more, got {spec.workers}; fix: e.g. --workers 2, or 0 to decode "
                           f"in the main process")
+    if upsample is not None:
+        check_pca(upsample.pca, upsample.pca_fit, upsample.pca_basis)
     limit = parse_bytes(upsample.max_memory) if upsample else None
     rule = OutputSize.parse(upsample.output_size, upsample.scale) if upsample else None
     if models is None:
@@ -156,19 +184,33 @@ def run_job(spec: JobSpec, progress: Progress | None = None, models: LoadedModel
     sink = HDF5FeatureSink(spec.output, spec.overwrite, spec.out_dtype, spec.compression, spec.shard_images)
     if split.rank is None:
         sink.claim(split.partition)  # another live run on this output is refused before anything loads (torchrun: at the start check)
+    reporter = _reporter(split, progress)
     try:
-        source, transform, description = _build(spec, split, sink, rule, limit, models)
-        return _run(spec, split, source, transform, sink, description, progress)
+        return _run(spec, split, _build(spec, split, rule, limit, models, reporter), sink, reporter)
     finally:
         sink.release()
 
 
-def _build(spec: JobSpec, split: Split, sink: HDF5FeatureSink, rule: OutputSize | None, limit: int | None,
-           models: LoadedModels | None) -> tuple[ImageSource, Transform, str]:
-    """Source, transform and the progress line's description, models loaded (unless given) and checked."""
+def _reporter(split: Split, progress: Progress | None) -> Progress:
+    """Who hears of the run: ``progress`` (default tqdm), torchrun's rank 0 only, each line
+    marked with its part for ``--shard``."""
+    from naf_cli.pipeline.progress import TqdmProgress
+
+    reporter: Progress = (progress or TqdmProgress()) if split.reports else SilentProgress()
+    if not split.partition.is_whole:
+        reporter = PartProgress(reporter, f"part {split.partition.label}")
+    return reporter
+
+
+def _build(spec: JobSpec, split: Split, rule: OutputSize | None, limit: int | None, models: LoadedModels | None,
+           progress: Progress) -> Pipeline:
+    """The job's pipeline, models loaded (unless given) and checked, ``--pca``'s basis fitted."""
     from naf_cli.backbones import get_spec, load_backbone
     from naf_cli.devices import resolve_device
+    from naf_cli.images import header_size
     from naf_cli.pipeline.distributed import rank_device
+    from naf_cli.pipeline.projection import ProjectedFeatures
+    from naf_cli.pipeline.sizes import backbone_input_size
     from naf_cli.pipeline.sources import ImageSource
     from naf_cli.pipeline.transforms import ExtractAndUpsample, ExtractFeatures, UpsampleFeatures
 
@@ -181,22 +223,104 @@ def _build(spec: JobSpec, split: Split, sink: HDF5FeatureSink, rule: OutputSize 
     if stored_path is not None:
         if upsample is None or rule is None:
             raise OptionError(f"{stored_path} is a feature file; fix: naf extract takes images (naf upsample takes an extract file)")
-        return _upsample_stored(stored_path, device, upsample, rule, limit, models)
+        return _upsample_stored(spec, stored_path, device, rule, limit, models, progress)
     source = ImageSource(list(spec.inputs), list(spec.globs), spec.files_from)
     if not len(source):
         where = ", ".join(map(str, spec.inputs)) or str(spec.files_from)
         raise OptionError(f"no images found in {where}; fix: pass a folder with .jpg/.png/... files, or check --glob")
     # 2. models, and what they imply for the output
     name = models.backbone.info.name if models else get_spec(spec.vfm).name
+    paths = {item.name: item.path for item in source}
     if upsample is not None and rule is not None:
         upsampler, info = _upsampler(upsample, models, device)
         backbone = models.backbone if models else load_backbone(name, spec.vfm_weights, device, spec.layer, spec.backbone_precision)
-        upsampler.check_channels(backbone.info.channels)
-        _check_room(spec, upsampler, backbone.info.channels, backbone.info.patch_size, rule, limit, device)
-        transform = ExtractAndUpsample(ExtractFeatures(backbone, spec.long_side), UpsampleFeatures(upsampler, info, rule, limit))
-        return source, transform, f"{name} + {info.name} ({rule.describe()})"
+        channels, patch = backbone.info.channels, backbone.info.patch_size
+        upsampler.check_channels(channels)
+        _check_memory(spec, upsampler, channels, patch, rule, limit, device)
+        extract = ExtractFeatures(backbone, spec.long_side)
+        transform: Transform = ExtractAndUpsample(extract, UpsampleFeatures(upsampler, info, rule, limit))
+        if upsample.pca is not None or upsample.pca_basis is not None:
+            transform = _projected(spec, transform, [item.name for item in source], lambda n: _image_features(extract, paths[n]),
+                                   channels, progress)
+        kept = transform.basis.count if isinstance(transform, ProjectedFeatures) else channels
+
+        def upsampled_shape(name: str) -> Shape | None:
+            image_hw = header_size(paths[name])
+            if image_hw is None:
+                return None
+            in_hw = backbone_input_size(image_hw, patch, spec.long_side)
+            return (kept, *rule.resolve(image_hw, (in_hw[0] // patch, in_hw[1] // patch)))
+
+        return Pipeline(source, transform, f"{name} + {info.name} ({rule.describe()})", upsampled_shape,
+                        _smaller_upsampled(spec, channels))
     backbone = models.backbone if models else load_backbone(name, spec.vfm_weights, device, spec.layer, spec.backbone_precision)
-    return source, ExtractFeatures(backbone, spec.long_side), f"{name} features"
+    channels, patch = backbone.info.channels, backbone.info.patch_size
+
+    def extracted_shape(name: str) -> Shape | None:
+        image_hw = header_size(paths[name])
+        if image_hw is None:
+            return None
+        in_hw = backbone_input_size(image_hw, patch, spec.long_side)
+        return channels, in_hw[0] // patch, in_hw[1] // patch
+
+    smaller = ["--out-dtype float16"] if spec.out_dtype == "float32" else []
+    return Pipeline(source, ExtractFeatures(backbone, spec.long_side), f"{name} features", extracted_shape,
+                    [*smaller, "a smaller --long-side"])
+
+
+def _image_features(extract: ExtractFeatures, path: Path) -> torch.Tensor | None:
+    """The backbone's features of one photo, None when it cannot be used (the run says why)."""
+    from naf_cli.errors import ImageReadError, InputSkipped
+    from naf_cli.images import read_image
+
+    try:
+        return extract(read_image(path)[0]).features.tensor()
+    except (ImageReadError, InputSkipped):
+        return None
+
+
+def _projected(spec: JobSpec, transform: Transform, names: list[str], low_res: Callable[[str], torch.Tensor | None],
+               channels: int, progress: Progress) -> ProjectedFeatures:
+    """``transform`` with its features stored as ``--pca`` components: the basis of ``--pca-basis``,
+    the one a resumed run's folder holds, or one fitted now."""
+    from naf_cli.pipeline.hdf5.layout import shard_folder
+    from naf_cli.pipeline.projection import ProjectedFeatures, basis_from_file, fit_count, fit_run_basis, stored_run_basis
+
+    upsample = spec.upsample
+    assert upsample is not None
+    fit = fit_count(upsample.pca_fit, len(names))
+    found = None
+    if upsample.pca_basis is not None:
+        basis, used, fit = basis_from_file(upsample.pca_basis, channels)
+        if upsample.pca is not None and upsample.pca != basis.count:
+            raise OptionError(f"--pca {upsample.pca} but the basis of {upsample.pca_basis} has {basis.count} components; "
+                              f"fix: drop --pca (it follows --pca-basis) or pass --pca {basis.count}")
+        where = f"taken from {upsample.pca_basis}"
+    elif not spec.overwrite and upsample.pca is not None and (found := stored_run_basis(shard_folder(spec.output), upsample.pca, fit)):
+        basis, used = found
+        where = f"the basis of the run being resumed in {shard_folder(spec.output)}"
+    else:
+        assert upsample.pca is not None
+        basis, used = fit_run_basis(names, low_res, upsample.pca, channels, fit, progress)
+        where = f"fitted on {used} image(s)"
+    progress.warn(f"pca: {basis.count} of {channels} channels keep {100 * basis.explained:.1f}% of the variance of the "
+                  f"low-resolution features ({where}; basis sha256 {basis.sha256[:12]})")
+    return ProjectedFeatures(transform, basis, fit, used)
+
+
+def _smaller_upsampled(spec: JobSpec, channels: int) -> list[str]:
+    """What would make an upsampled output smaller, for the refusal of a run too big for its disk."""
+    upsample = spec.upsample
+    assert upsample is not None
+    fixes = []
+    if upsample.pca is None and channels > 32:
+        fixes.append(f"--pca 32 (32 of the {channels} channels)")
+    elif upsample.pca is not None and upsample.pca > 8:
+        fixes.append("fewer --pca components")
+    if spec.out_dtype == "float32":
+        fixes.append("--out-dtype float16")
+    return [*fixes, "a smaller --scale or --output-size",
+            "naf extract (low resolution) with naf_cli.UpsamplingDataset to upsample when read"]
 
 
 def _upsampler(upsample: UpsampleSpec, models: LoadedModels | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
@@ -208,15 +332,14 @@ def _upsampler(upsample: UpsampleSpec, models: LoadedModels | None, device: str)
     return load_upsampler(upsample.upsampler, upsample.checkpoint, device)
 
 
-def _check_room(spec: JobSpec, upsampler: Upsampler, channels: int, patch_size: int, rule: OutputSize, limit: int | None,
-                device: str) -> None:
+def _check_memory(spec: JobSpec, upsampler: Upsampler, channels: int, patch_size: int, rule: OutputSize, limit: int | None,
+                  device: str) -> None:
     """Refuse only what can never work: the least the largest output needs in memory (band by
-    band where the upsampler can, guided by the smallest image) and its size on disk."""
-    import shutil
+    band where the upsampler can, guided by the smallest image)."""
 
     import torch
 
-    from naf_cli.pipeline.memory import available_bytes, gib, human_bytes
+    from naf_cli.pipeline.memory import available_bytes, gib
 
     largest = rule.largest(patch_size, spec.long_side)
     if largest is None:
@@ -228,49 +351,99 @@ def _check_room(spec: JobSpec, upsampler: Upsampler, channels: int, patch_size: 
     fix = "fix: a smaller --scale, --output-size or --long-side"
     if need > have:
         raise OptionError(f"{what} need about {gib(need)} per image, more than the {gib(have)} available; {fix}")
-    stored = channels * largest[0] * largest[1] * (2 if spec.out_dtype == "float16" else 4)
-    folder = spec.output.absolute().parent
-    free = shutil.disk_usage(folder).free if folder.exists() else stored
-    if stored > free:
-        # found before any work: exit 2, as for every option that cannot work
-        raise OptionError(f"{what} take about {human_bytes(stored)} each on disk, more than the {human_bytes(free)} "
-                          f"free on the disk of {folder}; fix: free disk space, -o on "
-                          f"another disk, or a smaller --scale, --output-size or --long-side")
 
 
-def _upsample_stored(path: Path, device: str, upsample: UpsampleSpec, rule: OutputSize, limit: int | None,
-                     models: LoadedModels | None) -> tuple[ImageSource, Transform, str]:
+def _upsample_stored(spec: JobSpec, path: Path, device: str, rule: OutputSize, limit: int | None, models: LoadedModels | None,
+                     progress: Progress) -> Pipeline:
     """``naf upsample lr.h5``: the features of an extract file, upsampled without a backbone pass."""
+    import torch
+
     from naf_cli.datasets import source_image_path
+    from naf_cli.errors import NafError
     from naf_cli.features import FeatureFile
+    from naf_cli.images import header_size
+    from naf_cli.pipeline.projection import ProjectedFeatures
     from naf_cli.pipeline.sources import ImageSource, InputItem
     from naf_cli.pipeline.transforms import UpsampleFeatures, UpsampleStored
 
+    upsample = spec.upsample
+    assert upsample is not None
     stored = FeatureFile(path)
     if not len(stored):
         raise OptionError(f"{path} holds no features; fix: pass a file written by naf extract")
     items = [InputItem(name, source_image_path(stored, name, upsample.image_root)) for name in stored]
     source = ImageSource.of(items, upsample.image_root or Path(str(stored.attrs.get("source_root", path.parent))))
+    paths = {item.name: item.path for item in source}
     upsampler, info = _upsampler(upsample, models, device)
-    upsampler.check_channels(int(stored.dataset(stored.names[0]).shape[0]))
-    transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule, limit))
-    return source, transform, f"{path.name} + {info.name} ({rule.describe()})"
+    channels = int(stored.dataset(stored.names[0]).shape[0])
+    upsampler.check_channels(channels)
+    transform: Transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule, limit))
+
+    def low_res(name: str) -> torch.Tensor | None:
+        try:
+            return torch.from_numpy(stored[name]).float()
+        except NafError:  # unreadable: the run skips it with its reason
+            return None
+
+    if upsample.pca is not None or upsample.pca_basis is not None:
+        transform = _projected(spec, transform, [item.name for item in source], low_res, channels, progress)
+    kept = transform.basis.count if isinstance(transform, ProjectedFeatures) else channels
+
+    def upsampled_shape(name: str) -> Shape | None:
+        try:
+            grid = tuple(int(v) for v in stored.dataset(name).shape[-2:])
+        except (NafError, KeyError):
+            return None
+        image_hw = header_size(paths[name]) if rule.mode == "image" else (0, 0)
+        return None if image_hw is None else (kept, *rule.resolve(image_hw, (grid[0], grid[1])))
+
+    return Pipeline(source, transform, f"{path.name} + {info.name} ({rule.describe()})", upsampled_shape,
+                    _smaller_upsampled(spec, channels))
 
 
-def _run(spec: JobSpec, split: Split, source: ImageSource, transform: Transform, sink: HDF5FeatureSink, description: str,
-         progress: Progress | None) -> RunSummary:
-    from naf_cli.pipeline.progress import TqdmProgress
+def _run(spec: JobSpec, split: Split, pipeline: Pipeline, sink: HDF5FeatureSink, reporter: Progress) -> RunSummary:
     from naf_cli.pipeline.run import run_pipeline
 
     partition = split.partition
+    source, transform = pipeline.source, pipeline.transform
     if split.rank is not None:
         _start_ranks(split.rank, source, transform, sink, spec.batch_size)
-    reporter: Progress = (progress or TqdmProgress()) if split.reports else SilentProgress()
-    if not partition.is_whole:
-        reporter = PartProgress(reporter, f"part {partition.label}")
+    _say_size(spec, split, pipeline, reporter)
     run_attrs = {"command": spec.command} if spec.command else None
-    return run_pipeline(source, transform, sink, reporter, strict=spec.strict, run_attrs=run_attrs, description=description,
-                        workers=spec.workers, batch_size=spec.batch_size, partition=partition)
+    return run_pipeline(source, transform, sink, reporter, strict=spec.strict, run_attrs=run_attrs,
+                        description=pipeline.description, workers=spec.workers, batch_size=spec.batch_size,
+                        partition=partition)
+
+
+def _say_size(spec: JobSpec, split: Split, pipeline: Pipeline, reporter: Progress) -> None:
+    """One line before the first image: about how much the run writes, and the free space; a
+    run that cannot fit on its disk is refused here, before any work."""
+    from naf_cli.pipeline.run_size import check_fits, estimate, free_bytes
+
+    total = len(pipeline.source)
+    mine = sum(min(spec.batch_size, total - start) for start in split.partition.group_starts(total, spec.batch_size))
+    left = max(0, mine - (0 if spec.overwrite else _images_in(spec.output)))
+    size = estimate([item.name for item in pipeline.source], pipeline.output_shape, left, spec.out_dtype,
+                    compressed=spec.compression != "none")
+    if size is None or not size.images:
+        return
+    free, folder = free_bytes(spec.output)
+    check_fits(size, free, folder, pipeline.smaller)
+    reporter.warn(size.line(free, folder))
+
+
+def _images_in(output: Path) -> int:
+    """Images an existing output already holds (all parts'), 0 when there is none."""
+    from naf_cli.errors import NafError
+    from naf_cli.features import FeatureFile
+
+    if not output.is_file():
+        return 0
+    try:
+        with FeatureFile(output) as existing:
+            return len(existing) - len(existing.unreadable)
+    except (NafError, OSError):
+        return 0
 
 
 def _start_ranks(rank: TorchrunRank, source: ImageSource, transform: Transform, sink: HDF5FeatureSink, batch_size: int) -> None:

@@ -36,17 +36,18 @@ def upsample_folder(
     images: Path, output: Path, backbone: Backbone, upsampler: Upsampler, upsampler_info: UpsamplerInfo,
     scale: float = 16.0, long_side: int = 448, overwrite: bool = False, output_size: OutputSize | None = None,
     progress: Progress | None = None, strict: bool = False, workers: int | None = None, batch_size: int = 1,
+    pca: int | None = None,
 ) -> RunSummary:
     """Upsample the backbone features of every image under ``images`` into the HDF5 file ``output``.
 
     The job of ``naf upsample`` (``naf_cli.pipeline.job``: the same checks, workers and
-    batching: ``workers``, ``batch_size``) with these models, on their device. Inputs that
+    batching: ``workers``, ``batch_size``; ``pca``: K components stored, as ``--pca``) with these models, on their device. Inputs that
     cannot be decoded are skipped, named through ``progress`` and recorded in the file. Under
     torchrun every rank does the whole job (the commands split it over the ranks).
     """
     text, rule_scale = _output_size_option(output_size or OutputSize("grid", scale))
     spec = JobSpec(inputs=[Path(images)], output=Path(output), long_side=long_side, overwrite=overwrite, strict=strict,
-                   workers=workers, batch_size=batch_size, torchrun=False, upsample=UpsampleSpec(output_size=text, scale=rule_scale))
+                   workers=workers, batch_size=batch_size, torchrun=False, upsample=UpsampleSpec(output_size=text, scale=rule_scale, pca=pca))
     return run_job(spec, progress, LoadedModels(backbone, upsampler, upsampler_info))
 
 

@@ -66,7 +66,7 @@ def gib(n_bytes: float) -> str:
 def human_bytes(n_bytes: float) -> str:
     """1023 B, 4.2 KiB, 7.4 MiB, 1.3 GiB..."""
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n_bytes) < 1024 or unit == "GiB":
+        if abs(n_bytes) < 1024:
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024
     return f"{n_bytes:.1f} TiB"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from naf_cli.images import DecodedImage
@@ -75,6 +76,9 @@ class Restore:
         return self._device
 
     def file_attrs(self) -> dict[str, AttrValue]:
+        return {}
+
+    def file_arrays(self) -> dict[str, np.ndarray]:
         return {}
 
     def bucket_key(self, image: DecodedImage, name: str) -> Hashable:

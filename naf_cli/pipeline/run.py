@@ -119,7 +119,7 @@ def run_pipeline(
     decoded: Generator[Decoded, None, None] | None = None
     try:
         sink.begin({"kind": transform.kind, "source_root": str(source.root), **transform.file_attrs(), **(run_attrs or {})},
-                   names=[item.name for item in source])
+                   names=[item.name for item in source], arrays=transform.file_arrays())
         for notice in sink.notices:
             progress.warn(notice)
         summary.resumed = sum(item.name in already_done for item in mine)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -38,7 +39,9 @@ class Transform(Protocol):
 
     ``run_batch(images, names)`` returns one ``Result`` per image; images batched together
     share ``bucket_key``, which is known before any model runs. ``file_attrs`` describes the
-    transform for the output (and, less where things were read from, what a resume must share).
+    transform for the output (and, less where things were read from, what a resume must share);
+    ``file_arrays`` are small arrays the output must hold beside the features (``--pca``'s
+    basis), by their path in the file.
     """
 
     kind: str  # what the output holds: "extract", "upsample" or "denoise"
@@ -48,6 +51,8 @@ class Transform(Protocol):
     def device(self) -> torch.device: ...
 
     def file_attrs(self) -> dict[str, AttrValue]: ...
+
+    def file_arrays(self) -> dict[str, np.ndarray]: ...
 
     def bucket_key(self, image: DecodedImage, name: str) -> Hashable: ...
 
@@ -61,7 +66,8 @@ class Sink(Protocol):
     and returns the names earlier runs (or sibling parts) already finished; ``notices`` are
     the lines it has for the user (what it resumes or keeps, warnings), said before the work. ``end_group`` marks the end of a batch group (a sink
     may publish only whole groups). ``status`` is the whole run's state once ``finish``
-    returns. ``finish`` and ``abort`` end the run (and give back what ``prepare`` took).
+    returns. ``begin`` gets the run's attributes, every input's name and the transform's
+    ``file_arrays``. ``finish`` and ``abort`` end the run (and give back what ``prepare`` took).
     """
 
     output: Path
@@ -70,7 +76,7 @@ class Sink(Protocol):
 
     def prepare(self, run_settings: Mapping[str, object], partition: Partition = ...) -> set[str]: ...
 
-    def begin(self, attrs: Mapping[str, object], names: Sequence[str] = ()) -> None: ...
+    def begin(self, attrs: Mapping[str, object], names: Sequence[str] = (), arrays: Mapping[str, np.ndarray] | None = None) -> None: ...
 
     def write(self, name: str, features: FeatureMap, attrs: Mapping[str, object]) -> None: ...
 

@@ -105,16 +105,40 @@ class OutputSize:
 
 
 CHANNEL_BLOCK = 64
+# bytes stored without compression at most this times the data (edge chunks are stored whole)
+CHUNK_PADDING = 1.05
+
+
+def _even_split(size: int, target: int) -> list[int]:
+    """Tile lengths for one axis of ``size``: each at most ``target`` long, the fewest tiles
+    first, then one or two more, so that tiles cover the axis with little padding."""
+    fewest = -(-size // max(1, target))
+    return [-(-size // count) for count in range(fewest, min(size, fewest + 3) + 1)]
 
 
 def chunk_shape(channels: int, height: int, width: int, itemsize: int = 2, max_bytes: int = 1 << 20) -> tuple[int, int, int]:
-    """HDF5 chunk of a [C, H, W] dataset: channel blocks of at most 64 (split evenly) times a
-    square spatial tile, at most ``max_bytes``: one image, one tile or one channel range reads
-    only the chunks it needs."""
+    """HDF5 chunk of a [C, H, W] dataset, at most ``max_bytes``: channel blocks of at most 64
+    (split evenly) times a spatial tile near square, so one image, one tile or one channel
+    range reads only the chunks it needs.
+
+    Edge chunks are stored whole, so each side's tile is chosen to split it evenly: the bytes
+    stored (``stored_bytes``) stay within ``CHUNK_PADDING`` of the data's.
+    """
     blocks = -(-channels // CHANNEL_BLOCK)
     block = -(-channels // blocks)
-    tile = max(1, int((max_bytes / (block * itemsize)) ** 0.5))
-    return block, min(height, tile), min(width, tile)
+    side = max(1, int((max_bytes / (block * itemsize)) ** 0.5))
+    shape = (channels, height, width)
+    candidates = []
+    for tile_h in _even_split(height, side):
+        # the width's tile may grow when the height's tile is short, within max_bytes
+        across = max(1, max_bytes // (block * itemsize * tile_h))
+        candidates += [(block, tile_h, tile_w) for tile_w in _even_split(width, min(across, max(side, across // 2)))]
+    # the largest chunk (fewest reads and index entries) that pads by at most 1%, else the least padding
+    data = channels * height * width
+    close = [chunk for chunk in candidates if stored_bytes(shape, chunk, 1) <= 1.01 * data]
+    if close:
+        return max(close, key=math.prod)
+    return min(candidates, key=lambda chunk: stored_bytes(shape, chunk, 1))
 
 
 def stored_bytes(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -97,6 +98,9 @@ class ExtractFeatures:
         if info.precision != "fp32":
             attrs["backbone_precision"] = info.precision
         return attrs
+
+    def file_arrays(self) -> dict[str, np.ndarray]:
+        return {}
 
     def input_size(self, image_hw: Size) -> Size:
         return backbone_input_size(image_hw, self.backbone.info.patch_size, self.long_side)
@@ -220,6 +224,9 @@ class ExtractAndUpsample:
     def file_attrs(self) -> dict[str, AttrValue]:
         return {**self.extract.file_attrs(), **self.upsample.file_attrs()}
 
+    def file_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
     def bucket_key(self, image: DecodedImage, name: str = "") -> tuple[Size, Size, Size]:
         """(backbone input size, output size, guidance size)."""
         in_size = self.extract.input_size(image.size)
@@ -264,6 +271,9 @@ class UpsampleStored:
     def file_attrs(self) -> dict[str, AttrValue]:
         carried = {key: self.stored.attrs[key] for key in STORED_BACKBONE_KEYS if key in self.stored.attrs}
         return {**carried, "features_from": str(self.stored.path.absolute()), **self.upsample.file_attrs()}
+
+    def file_arrays(self) -> dict[str, np.ndarray]:
+        return {}
 
     def bucket_key(self, image: DecodedImage, name: str) -> tuple[tuple[int, ...], Size, Size]:
         """(stored features' shape, output size, guidance size)."""

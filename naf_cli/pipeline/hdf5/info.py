@@ -8,6 +8,7 @@ from typing import Any
 
 from naf_cli.errors import DamagedOutput, NafError, first_line
 from naf_cli.feature_format import FEATURES_GROUP, plain_attr, read_skipped
+from naf_cli.pca.stored import PCA_GROUP, StoredBasis
 from naf_cli.pipeline.hdf5.verify import Problem
 
 RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_root", "out_dtype", "compression",
@@ -15,6 +16,7 @@ RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_
 BACKBONE_KEYS = ("backbone", "backbone_timm", "backbone_weights", "backbone_weights_sha256", "patch_size", "channels",
                  "long_side")
 UPSAMPLER_KEYS = ("upsampler", "checkpoint", "checkpoint_sha256", "upsampler_settings", "output_size_mode", "scale")
+PCA_KEYS = ("pca_components", "pca_channels", "pca_variance_kept", "pca_fit", "pca_fit_images", "pca_seed", "pca_sha256")
 
 
 def _linked_bytes(path: Path, link_files: set[str]) -> int:
@@ -70,6 +72,7 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
                 "chunks": list(node.chunks) if node.chunks else None,
                 "compression": node.compression or "none", "checksums": bool(node.fletcher32),
                 "bytes_stored": int(node.id.get_storage_size()),
+                "bytes_data": int(node.size * node.dtype.itemsize),
                 "source_path": plain_attr(node.attrs.get("source_path", "")),
             })
         by_naf = str(attrs.get("producer", "")).startswith("naf-cli")
@@ -78,6 +81,8 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
             raise NafError(f"{path} is not a naf feature file (no /{FEATURES_GROUP} group of [C, h, w] datasets); fix: pass "
                            f"the .h5 file written by naf extract or naf upsample (docs/format.md)")
         problems = find_problems(handle, path, images) if by_naf else []
+        pca = handle.get(PCA_GROUP)
+        explained = StoredBasis.read(pca).explained_variance_ratio.tolist() if isinstance(pca, h5py.Group) else None
     skipped = read_skipped(attrs)
     total = int(attrs.get("images_total", len(datasets) + len(skipped)))
     pending = max(0, total - len(datasets) - len(skipped))
@@ -107,6 +112,8 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
         "run": {key: attrs[key] for key in RUN_KEYS if key in attrs},
         "backbone": {key: attrs[key] for key in BACKBONE_KEYS if key in attrs},
         "upsampler": {key: attrs[key] for key in UPSAMPLER_KEYS if key in attrs},
+        "pca": None if explained is None else {**{key: attrs[key] for key in PCA_KEYS if key in attrs},
+                                               "explained_variance_ratio": explained},
         "images": {"done": len(readable), "unreadable": len(datasets) - len(readable), "skipped": len(skipped),
                    "pending": pending, "total": total},
         "skipped": [{"image": name, "reason": reason} for name, reason in skipped],
@@ -115,6 +122,7 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
             "height_range": [min(heights), max(heights)] if heights else None,
             "width_range": [min(widths), max(widths)] if widths else None,
             "feature_bytes_stored": sum(d["bytes_stored"] for d in readable),
+            "feature_bytes_data": sum(d["bytes_data"] for d in readable),
         },
         "datasets": datasets,
     }

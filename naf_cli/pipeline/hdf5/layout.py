@@ -338,14 +338,42 @@ def producer_attrs(created: str | None = None) -> dict[str, object]:
             "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_index(output: Path, attrs: Mapping[str, object], links: Mapping[str, str]) -> float:
-    """The file users open: ``attrs`` and a relative external link ``/features/<name>`` -> ``links[name]``
-    for every image. Written to a temporary file, fsynced and renamed over ``output``; returns seconds."""
+def write_arrays(handle: h5py.File, arrays: Mapping[str, np.ndarray]) -> None:
+    """Small datasets beside the features (``pca/mean``...), at their paths."""
+    for path, array in arrays.items():
+        handle.create_dataset(path, data=array)
+
+
+def read_arrays(handle: h5py.File) -> dict[str, np.ndarray]:
+    """Every dataset of a file outside ``/features``, by path (what ``write_arrays`` wrote)."""
+    found: dict[str, np.ndarray] = {}
+
+    def visit(name: str, node: object) -> None:
+        if isinstance(node, h5py.Dataset):
+            found[name] = node[()]
+
+    for key in handle:
+        if key == FEATURES_GROUP:
+            continue
+        node = handle[key]
+        if isinstance(node, h5py.Group):
+            node.visititems(lambda name, child, key=key: visit(f"{key}/{name}", child))
+        else:
+            visit(key, node)
+    return found
+
+
+def write_index(output: Path, attrs: Mapping[str, object], links: Mapping[str, str],
+                arrays: Mapping[str, np.ndarray] | None = None) -> float:
+    """The file users open: ``attrs``, a relative external link ``/features/<name>`` -> ``links[name]``
+    for every image, and ``arrays`` (``write_arrays``). Written to a temporary file, fsynced and
+    renamed over ``output``; returns seconds."""
     started = time.monotonic()
     check_room(temporary_path(output), 200 * len(links), f"the index {output}")  # the old index stays until replaced
     with replacing(output) as tmp, h5py.File(tmp, "w") as index:
         for key, value in attrs.items():
             index.attrs[key] = as_attr(value)
+        write_arrays(index, arrays or {})
         group = index.create_group(FEATURES_GROUP)
         for name in sorted(links):
             group[name] = h5py.ExternalLink(links[name], f"/{FEATURES_GROUP}/{name}")

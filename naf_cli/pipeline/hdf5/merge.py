@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from naf_cli.disk import check_output_file
 from naf_cli.errors import OptionError, OutputError
@@ -26,6 +27,7 @@ from naf_cli.pipeline.hdf5.layout import (
     ShardCatalog,
     index_file,
     producer_attrs,
+    read_arrays,
     read_parts,
     run_status,
     shard_folder,
@@ -61,13 +63,14 @@ def shard_folder_of(part: Path) -> Path:
                       f"-o files of the parts' runs")
 
 
-def _index_attrs(folder: Path) -> dict[str, object] | None:
+def _index_contents(folder: Path) -> tuple[dict[str, object], dict[str, np.ndarray]] | None:
+    """The attributes and the arrays beside the features (``--pca``'s basis) of a part's index."""
     index = index_file(folder)
     if not index.is_file():
         return None
     try:
         with h5py.File(index, "r") as handle:
-            return {key: plain_attr(value) for key, value in handle.attrs.items()}
+            return {key: plain_attr(value) for key, value in handle.attrs.items()}, read_arrays(handle)
     except OSError:
         return None
 
@@ -101,7 +104,7 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
         if difference is not None:
             raise OptionError(f"{folder} was written with {difference.key}={difference.theirs!r}, {folders[0]} with "
                               f"{difference.key}={difference.mine!r}: not parts of one run; fix: merge outputs of one command")
-    described = next((attrs for folder in folders if (attrs := _index_attrs(folder)) is not None), None)
+    described = next((contents for folder in folders if (contents := _index_contents(folder)) is not None), None)
     if described is None:
         raise OptionError("none of the parts has published an image yet (no index file); fix: merge once they have")
     links: dict[str, str] = {}
@@ -121,13 +124,13 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
             links[name] = os.path.relpath((folder / shard).absolute(), base)
         parts_states.extend(read_parts(folder))
     status = run_status(parts_states, links)
-    attrs = {key: value for key, value in described.items() if key not in _PER_FILE}
+    attrs = {key: value for key, value in described[0].items() if key not in _PER_FILE}
     attrs.update({
         **producer_attrs(), "command": command, "shard_folder": "", "images_done": len(links), **status.attrs(),
         "merged_from": json.dumps([os.path.relpath(folder.absolute(), base) for folder in folders]),
         "merged_run_ids": json.dumps(run_ids), "settings_sha256": first.fingerprint,
     })
-    write_index(output, attrs, links)
+    write_index(output, attrs, links, described[1])
     return MergeResult(output, len(links), status, duplicates, folders)
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from naf_cli.pipeline.hdf5.layout import PartState, RunStatus, ShardCatalog, read_parts, run_status, write_index
 
 # shards close after this long at least, and never more often than 20x the index rewrite
@@ -50,10 +52,11 @@ class PublishSchedule:
 
 
 def rewrite_index(output: Path, folder: Path, catalog: ShardCatalog, attrs: Callable[[int, RunStatus], Mapping[str, object]],
-                  schedule: PublishSchedule) -> RunStatus:
+                  schedule: PublishSchedule, arrays: Mapping[str, np.ndarray] | None = None) -> RunStatus:
     """Rebuild the index from the folder: every published shard and every part's state.
 
-    ``attrs(images_done, status)`` gives the index's attributes. Other parts may publish
+    ``attrs(images_done, status)`` gives the index's attributes, ``arrays`` its datasets beside
+    the features (``write_index``). Other parts may publish
     while this one writes; each part looks at the folder again after its rename and writes
     again if it changed, so the last index written holds everything published before it (no
     lock, and no message between parts). Returns the run's status as written.
@@ -68,7 +71,7 @@ def rewrite_index(output: Path, folder: Path, catalog: ShardCatalog, attrs: Call
         links = catalog.links()
         status = run_status(parts, links)
         targets = {name: f"{folder.name}/{shard}" for name, shard in links.items()}
-        schedule.wrote_index(write_index(output, attrs(len(links), status), targets))
+        schedule.wrote_index(write_index(output, attrs(len(links), status), targets, arrays))
         if snapshot() == (shards, parts):
             break
     assert status is not None

@@ -52,6 +52,7 @@ from naf_cli.pipeline.hdf5.layout import (
     shard_file_name,
     shard_folder,
     shard_owner,
+    write_arrays,
 )
 from naf_cli.pipeline.hdf5.lock import RunLock
 from naf_cli.pipeline.hdf5.publishing import SHARD_SECONDS, PublishSchedule, rewrite_index
@@ -101,6 +102,7 @@ class HDF5FeatureSink:
         self.notices: list[str] = []  # warnings for the user, found by ``prepare``
         self._lock: RunLock | None = None
         self.attrs: dict[str, object] = {}
+        self.arrays: dict[str, np.ndarray] = {}
         self._part = PartState(self.partition)
         self._shard: h5py.File | None = None
         self._shard_path: Path | None = None
@@ -156,9 +158,11 @@ class HDF5FeatureSink:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def begin(self, attrs: Mapping[str, object], names: Sequence[str] = ()) -> None:
+    def begin(self, attrs: Mapping[str, object], names: Sequence[str] = (), arrays: Mapping[str, np.ndarray] | None = None) -> None:
         """Remember the run's attributes for the index; ``names`` are every input of the whole run
-        (each part lists them all; parts that list different inputs cannot complete the run)."""
+        (each part lists them all; parts that list different inputs cannot complete the run);
+        ``arrays`` (path -> small array, e.g. ``pca/mean``) go in every shard and the index."""
+        self.arrays = dict(arrays or {})
         self.attrs = {"format_version": FORMAT_VERSION, **producer_attrs(self._created_by_run()),
                       "out_dtype": self.dtype, "compression": self.compression, **attrs}
         self._part = PartState(self.partition, False, len(names), inputs_digest(names))
@@ -190,6 +194,7 @@ class HDF5FeatureSink:
             handle.attrs[SHARD_FINGERPRINT] = self.record.fingerprint
             handle.attrs[SHARD_SETTINGS] = json.dumps(dict(self.record.settings), sort_keys=True)
             handle.create_group(FEATURES_GROUP)
+            write_arrays(handle, self.arrays)
         except OSError as err:
             raise write_failure(self._shard_path, err) from err
         self._shard_started = time.monotonic()
@@ -299,7 +304,7 @@ class HDF5FeatureSink:
             return {**self.attrs, "shard_folder": self.shards.name, "run_id": record.run_id,
                     "settings_sha256": record.fingerprint, "images_done": images_done, **status.attrs()}
 
-        self.status = rewrite_index(self.output, self.shards, self.catalog, attrs, self.schedule)
+        self.status = rewrite_index(self.output, self.shards, self.catalog, attrs, self.schedule, self.arrays)
 
     def finish(self) -> Path:
         """Publish the last shard, mark this part finished and write the index."""

@@ -1,0 +1,117 @@
+"""``naf pack``: a run's index and shards copied into one self-contained HDF5 file.
+
+The run's output is an index of external links plus a folder of shards: right for millions
+of images (crash-safe, resumable, split over processes), awkward to hand on (copy the index
+alone and every read fails; ``visititems`` does not follow external links). The packed file
+holds the same ``/features/<name>`` paths as real datasets, the arrays beside them (``/pca``)
+and the run's attributes.
+
+Chunks are copied as stored (compressed bytes and fletcher32 checksums as the run wrote
+them), one at a time, so memory stays flat whatever the size. The file is written under a
+temporary name, every dataset is then read back and compared with the run's, and only then
+is it renamed to its final name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from naf_cli.disk import check_output_file, check_room, replacing
+from naf_cli.errors import OptionError, OutputError, RunError
+from naf_cli.feature_format import FEATURES_GROUP, plain_attr
+from naf_cli.pipeline.hdf5.layout import read_arrays, write_arrays
+from naf_cli.pipeline.seams import Progress
+
+# attributes that describe where an index's data lived: meaningless in a packed file
+_INDEX_ONLY = ("shard_folder", "merged_from", "merged_run_ids")
+
+
+@dataclass(frozen=True)
+class PackResult:
+    output: Path
+    images: int
+    bytes_written: int
+    complete: bool
+
+
+def pack(index: Path, output: Path, progress: Progress, *, incomplete: bool = False, overwrite: bool = False) -> PackResult:
+    """Copy every image of the naf output ``index`` into the single file ``output`` and verify it.
+
+    An incomplete run is refused unless ``incomplete`` (its readable images are packed and the
+    file keeps saying it is incomplete). ``output`` must not exist unless ``overwrite``.
+    """
+    from naf_cli.pipeline.hdf5.info import describe_feature_file
+
+    index, output = Path(index), Path(output)
+    summary = describe_feature_file(index)
+    check_output_file(output)
+    if output.resolve() == index.resolve():
+        raise OptionError(f"-o {output} is the run's own index; fix: pack into another file, e.g. -o {index.stem}-packed.h5")
+    if output.exists() and not overwrite:
+        raise OutputError(f"{output} already exists; fix: pass --overwrite or choose another -o path")
+    if summary["complete"] is False and not incomplete:
+        problem = summary["problems"][0]
+        raise OptionError(f"{index} is not complete ({problem['problem']}: {problem['message']}); fix: {problem['fix']}, "
+                          f"or pass --incomplete to pack the {summary['images']['done']} image(s) it holds")
+    names = [d["name"] for d in summary["datasets"] if "shape" in d]
+    check_room(output, sum(d["bytes_stored"] for d in summary["datasets"] if "shape" in d) + (1 << 20), f"the packed file {output}")
+    progress.start(len(names), f"packing {index.name}")
+    try:
+        with replacing(output) as tmp:
+            with h5py.File(index, "r") as source, h5py.File(tmp, "w") as packed:
+                for key, value in source.attrs.items():
+                    if key not in _INDEX_ONLY:
+                        packed.attrs[key] = value
+                packed.attrs["packed_from"] = os.path.abspath(index)
+                write_arrays(packed, read_arrays(source))
+                group = packed.create_group(FEATURES_GROUP)
+                for name in names:
+                    _copy(source[FEATURES_GROUP][name], group, name)
+                    progress.advance(name)
+            _verify(index, tmp, names)
+    finally:
+        progress.close()
+    return PackResult(output, len(names), output.stat().st_size, bool(summary["complete"]))
+
+
+def _copy(source: h5py.Dataset, group: h5py.Group, name: str) -> None:
+    """One dataset with its chunking, filters and attributes; its chunks copied as stored."""
+    target = group.create_dataset(name, shape=source.shape, dtype=source.dtype, chunks=source.chunks,
+                                  compression=source.compression, compression_opts=source.compression_opts,
+                                  shuffle=source.shuffle, fletcher32=source.fletcher32)
+    for key, value in source.attrs.items():
+        target.attrs[key] = value
+    if source.chunks is None:  # a contiguous dataset (another writer's): copied a band of rows at a time
+        rows = max(1, (8 << 20) // max(1, source.dtype.itemsize * int(np.prod(source.shape[:1] + source.shape[2:]))))
+        for r0 in range(0, source.shape[1], rows):
+            target[:, r0:r0 + rows] = source[:, r0:r0 + rows]
+        return
+    steps = [range(0, size, chunk) for size, chunk in zip(source.shape, source.chunks, strict=True)]
+    for offset in itertools.product(*steps):
+        mask, data = source.id.read_direct_chunk(offset)
+        target.id.write_direct_chunk(offset, data, mask)
+
+
+def _verify(index: Path, packed: Path, names: list[str]) -> None:
+    """Every dataset of ``packed`` read back (its checksums checked) and equal to the run's."""
+    with h5py.File(index, "r") as source, h5py.File(packed, "r") as copy:
+        for name in names:
+            original, written = source[FEATURES_GROUP][name], copy[FEATURES_GROUP][name]
+            selections = original.iter_chunks() if original.chunks else [()]
+            try:
+                for selection in selections:
+                    if not np.array_equal(original[selection], written[selection], equal_nan=True):
+                        raise RunError(f"the packed copy of {name} differs from {index}'s; fix: rerun naf pack (and "
+                                       f"naf verify {index} if it differs again)")
+            except OSError as err:
+                raise RunError(f"{name} cannot be read back while packing {index} ({plain_attr(str(err))}); fix: run "
+                               f"naf verify {index}, rerun the command that wrote it to redo damaged images, then pack "
+                               f"again") from err
+        if set(copy[FEATURES_GROUP]) != set(names):
+            raise RunError(f"the packed file does not hold exactly the images of {index}; fix: rerun naf pack")
