@@ -129,8 +129,12 @@ def main() -> None:
                 median = statistics.median(seconds[(label, workers)])
                 rows.append({"method": label, "workers": workers, "images_per_second": len(dataset) / median,
                              "disk_bytes_per_image": stored_per_image(path)})
+        from naf_cli.features import FeatureFile
+
+        with FeatureFile(files["pca"]) as reduced:
+            kept = reduced.attrs["pca_variance_kept"]
     result = {"images": len(photos), "vfm": args.vfm, "scale": args.scale, "cold_page_cache": cold, "rounds": args.rounds,
-              "torch_threads": torch.get_num_threads(), "rows": rows}
+              "torch_threads": torch.get_num_threads(), "pca_variance_kept": kept, "rows": rows}
     for row in rows:
         print(f"{row['method']:55s} workers {row['workers']}: {row['images_per_second']:7.2f} images/s, "
               f"{row['disk_bytes_per_image'] / 2**20:8.2f} MiB per image")
