@@ -67,6 +67,48 @@ def test_a_run_that_cannot_fit_on_its_disk_is_refused_before_any_work(examples_d
     assert not out.exists() and not (tmp_path / "big.h5.shards").exists()
 
 
+def test_a_pca_run_too_big_for_its_disk_is_refused_before_its_fit(examples_dir, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(2000):
+        (folder / f"img{i:05d}.jpg").symlink_to(examples_dir / "chelsea.jpg")
+    result = naf("upsample", "--vfm", "effnet-lite0", "--upsampler", "bilinear", "--output-size", "4096x4096", "--pca", "100",
+                 "--device", "cpu", str(folder), "-o", str(tmp_path / "big.h5"))
+    assert result.returncode == 2 and "the run would write about" in result.stderr, result.stderr
+    assert "fitting" not in result.stderr and "fewer --pca components" in result.stderr
+
+
+def test_a_shard_part_says_the_size_of_its_own_share(examples_dir, tmp_path):
+    """Part 1 of 2 after part 0 finished into the same output: its two photos, not all four."""
+    out = tmp_path / "parts.h5"
+    first = naf(*MAIN_JOB, "--scale", "2", str(examples_dir), "--shard", "0/2", "-o", str(out))
+    assert first.returncode == 0 and "for 2 image(s) to write" in first.stderr, first.stderr
+    second = naf(*MAIN_JOB, "--scale", "2", str(examples_dir), "--shard", "1/2", "-o", str(out))
+    assert second.returncode == 0 and "part 1/2: size: about" in second.stderr, second.stderr
+    assert "for 2 image(s) to write" in second.stderr
+    again = naf(*MAIN_JOB, "--scale", "2", str(examples_dir), "--shard", "1/2", "-o", str(out))
+    assert again.returncode == 0 and "size: about" not in again.stderr  # nothing left to write
+
+
+def test_pack_keeps_nested_names_and_unwritten_chunks(tmp_path):
+    from naf_cli.pipeline.hdf5.pack import pack
+    from naf_cli.pipeline.progress import SilentProgress
+
+    source = tmp_path / "other.h5"
+    with h5py.File(source, "w") as f:
+        nested = f.create_dataset("features/holiday/beach.jpg", shape=(4, 50, 60), dtype=np.float32, chunks=(4, 20, 20),
+                                  compression="gzip", shuffle=True, fletcher32=True, fillvalue=-1.0)
+        nested[:, :20, :20] = 7.0  # one chunk of nine written: the rest read as the fill value
+        nested.attrs["source_path"] = "/photos/holiday/beach.jpg"
+    result = pack(source, tmp_path / "one.h5", SilentProgress())
+    assert result.images == 1
+    with h5py.File(source, "r") as a, h5py.File(tmp_path / "one.h5", "r") as b:
+        original, copy = a["features/holiday/beach.jpg"], b["features/holiday/beach.jpg"]
+        assert np.array_equal(original[()], copy[()]) and copy[0, 40, 40] == -1.0
+        assert (copy.compression, copy.shuffle, copy.fletcher32, copy.chunks) == ("gzip", True, True, (4, 20, 20))
+        assert copy.id.get_num_chunks() == 1 and copy.attrs["source_path"] == "/photos/holiday/beach.jpg"
+
+
 def _visited(path: Path) -> dict[str, h5py.Dataset]:
     found = {}
     with h5py.File(path, "r") as f:

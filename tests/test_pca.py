@@ -16,10 +16,11 @@ from naf_cli.backbones import load_backbone
 from naf_cli.images import read_image
 from naf_cli.pca import fit_basis, sample_positions
 from naf_cli.pca import render as pca_render
-from naf_cli.pca.basis import fit_on, seeded_choice
+from naf_cli.pca.basis import fit_on
 from naf_cli.pca.panels import GAP, LABEL_HEIGHT, fit_height
 from naf_cli.pca.render import PcaSettings, to_rgb
 from naf_cli.pipeline.transforms import ExtractFeatures
+from naf_cli.sampling import seeded_choice
 
 CLI = [sys.executable, "-m", "naf_cli"]
 

@@ -169,3 +169,36 @@ def test_bad_pca_options_are_one_line_before_any_work(photos, tmp_path, options,
 def test_a_basis_file_without_a_basis_is_refused(photos, ordinary, tmp_path):
     result = naf(*RUN, str(photos), "-o", str(tmp_path / "x.h5"), "--pca-basis", str(ordinary))
     assert result.returncode == 2 and "holds no PCA basis" in result.stderr, result.stderr
+
+
+def test_inputs_added_to_a_pca_run_keep_its_basis(photos, tmp_path, examples_dir):
+    """The default fit (every input up to 256) is one setting, whatever the number of inputs: a
+    rerun over a folder that gained a photo resumes with the folder's basis."""
+    folder = tmp_path / "growing"
+    shutil.copytree(photos, folder)
+    out = _run(folder, tmp_path / "g.h5", "--pca", "8")
+    sha = FeatureFile(out).attrs["pca_sha256"]
+    shutil.copy(examples_dir / "rocket.jpg", folder / "rocket.jpg")
+    again = naf(*RUN, str(folder), "-o", str(out), "--pca", "8")
+    assert again.returncode == 0, again.stderr
+    assert "the basis of the run being resumed" in again.stderr and "fitting" not in again.stderr
+    grown = FeatureFile(out)
+    assert sorted(grown) == sorted([*PHOTOS, "rocket.jpg"]) and grown.attrs["pca_sha256"] == sha
+
+
+def test_a_rerun_with_other_pca_options_is_refused_before_fitting(photos, tmp_path):
+    out = _run(photos, tmp_path / "o.h5", "--pca", "8")
+    for options in (["--pca", "4"], ["--pca", "8", "--pca-fit", "2"], []):
+        result = naf(*RUN, str(photos), "-o", str(out), *options)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1 and "fix:" in errors[0], result.stderr
+        assert "fitting" not in result.stderr  # refused before the backbone passes of a fit
+    assert "pca_components=4" in naf(*RUN, str(photos), "-o", str(out), "--pca", "4").stderr
+
+
+def test_too_few_feature_vectors_for_the_components_is_one_line(photos, tmp_path):
+    """A 16-pixel long side gives one feature vector per photo: three vectors cannot fit 8 axes."""
+    result = naf(*RUN[:-4], "--long-side", "16", "--device", "cpu", str(photos), "-o", str(tmp_path / "t.h5"), "--pca", "8")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert "3 feature vector(s)" in errors[0] and "cannot fit 8 components" in errors[0] and "fix:" in errors[0]

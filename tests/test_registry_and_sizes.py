@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from naf_cli.errors import UnknownNameError
-from naf_cli.pipeline.sizes import CHUNK_PADDING, backbone_input_size, chunk_shape, output_size, stored_bytes
+from naf_cli.pipeline.sizes import backbone_input_size, chunk_shape, output_size, stored_bytes
 from naf_cli.upsamplers import UPSAMPLERS, load_upsampler
 
 
@@ -58,7 +58,7 @@ def test_chunks_pad_the_data_by_at_most_5_percent_and_stay_within_a_mebibyte(ite
             for width in sides[::3]:
                 chunk = chunk_shape(channels, height, width, itemsize)
                 data = channels * height * width * itemsize
-                assert stored_bytes((channels, height, width), chunk, itemsize) <= CHUNK_PADDING * data, (channels, height, width, chunk)
+                assert stored_bytes((channels, height, width), chunk, itemsize) <= 1.05 * data, (channels, height, width, chunk)
                 assert math.prod(chunk) * itemsize <= 1 << 20, (channels, height, width, chunk)
                 assert chunk[0] <= 64 and chunk[1] <= height and chunk[2] <= width
     # the example photo's map: within 1%, in tiles of about a mebibyte

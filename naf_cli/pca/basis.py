@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -44,14 +43,6 @@ class PCABasis:
         flat = features.reshape(channels, -1).T.double() - self.mean
         scaled = (flat @ self.axes.T - self.low) / (self.high - self.low).clamp(min=1e-12)
         return scaled.clamp(0, 1).T.reshape(-1, rows, width).float()
-
-
-def seeded_choice(names: Sequence[str], count: int, seed: int) -> list[str]:
-    """Up to ``count`` of ``names``, the same ones for the same seed, in their original order."""
-    if len(names) <= count:
-        return list(names)
-    chosen = set(random.Random(seed).sample(range(len(names)), count))
-    return [name for i, name in enumerate(names) if i in chosen]
 
 
 def fit_on(maps: Iterable[torch.Tensor], components: int, seed: int, samples: int) -> PCABasis:

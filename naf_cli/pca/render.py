@@ -19,12 +19,13 @@ import torch
 from naf_cli.errors import ImageReadError, InputSkipped, NafError, OptionError
 from naf_cli.features import FeatureFile
 from naf_cli.images import DecodedImage, read_image
-from naf_cli.pca.basis import PCABasis, fit_on, seeded_choice
+from naf_cli.pca.basis import PCABasis, fit_on
 from naf_cli.pca.panels import Panel, compose
 from naf_cli.pipeline.image_sink import ImageSink
 from naf_cli.pipeline.seams import Progress
 from naf_cli.pipeline.sources import ImageSource, InputItem
 from naf_cli.pipeline.transforms import ExtractFeatures, UpsampleFeatures
+from naf_cli.sampling import seeded_choice
 
 TILE_BYTES = 64 * 2**20
 

@@ -102,7 +102,8 @@ def start_together(rank: TorchrunRank, device: str, agreed: Mapping[str, object]
             difference = first_difference(views[0], view)
             if difference:
                 raise OptionError(f"rank {other} of the torchrun job does not run rank 0's job: {difference}, rank 0 vs "
-                                  f"rank {other}; fix: give every rank the same command, files and naf-cli version")
+                                  f"rank {other}; fix: give every rank the same command, files and naf-cli version"
+                                  f"{difference.advice()}")
         message: list[object] = [None, None, str(output_folder)]
         if rank.rank == 0:
             try:

@@ -10,7 +10,7 @@ library user gets the same checks, decoding workers and batching.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from naf_cli.backbones import Backbone
     from naf_cli.modeling import Upsampler
     from naf_cli.pipeline.hdf5.sink import HDF5FeatureSink
-    from naf_cli.pipeline.projection import ProjectedFeatures
+    from naf_cli.pipeline.projection import GivenBasis
     from naf_cli.pipeline.run import RunSummary
     from naf_cli.pipeline.sizes import OutputSize
     from naf_cli.pipeline.sources import ImageSource
@@ -110,15 +110,20 @@ class LoadedModels:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A job built: its source, transform, the progress line's words, and for the size said
-    before the run, each input's output shape (None when its header cannot be read) and what
-    would make the output smaller."""
+    """A job built: its source, transform and the progress line's words; for the size said
+    before the run, each input's output shape (``output_shape(name)``, None when its header
+    cannot be read) and what would make the output smaller; for ``--pca``, the features'
+    ``channels``, how to get an input's low-resolution features (``low_res``) and the basis
+    ``--pca-basis`` gives."""
 
     source: ImageSource
     transform: Transform
     description: str
     output_shape: Callable[[str], Shape | None]
     smaller: list[str]
+    channels: int = 0
+    low_res: Callable[[str], torch.Tensor | None] | None = None
+    given_basis: GivenBasis | None = None
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,12 @@ def run_job(spec: JobSpec, progress: Progress | None = None, models: LoadedModel
         sink.claim(split.partition)  # another live run on this output is refused before anything loads (torchrun: at the start check)
     reporter = _reporter(split, progress)
     try:
-        return _run(spec, split, _build(spec, split, rule, limit, models, reporter), sink, reporter)
+        pipeline = _build(spec, split, rule, limit, models)
+        # 3. before any work, and before a --pca fit: what the run writes, and whether it fits
+        _say_size(spec, split, pipeline, reporter)
+        if upsample is not None and (upsample.pca is not None or upsample.pca_basis is not None):
+            pipeline = _project(spec, pipeline, reporter)
+        return _run(spec, split, pipeline, sink, reporter)
     finally:
         sink.release()
 
@@ -202,14 +212,11 @@ def _reporter(split: Split, progress: Progress | None) -> Progress:
     return reporter
 
 
-def _build(spec: JobSpec, split: Split, rule: OutputSize | None, limit: int | None, models: LoadedModels | None,
-           progress: Progress) -> Pipeline:
-    """The job's pipeline, models loaded (unless given) and checked, ``--pca``'s basis fitted."""
+def _build(spec: JobSpec, split: Split, rule: OutputSize | None, limit: int | None, models: LoadedModels | None) -> Pipeline:
+    """The job's pipeline, models loaded (unless given) and checked (``--pca`` is applied later, by ``_project``)."""
     from naf_cli.backbones import get_spec, load_backbone
     from naf_cli.devices import resolve_device
-    from naf_cli.images import header_size
     from naf_cli.pipeline.distributed import rank_device
-    from naf_cli.pipeline.projection import ProjectedFeatures
     from naf_cli.pipeline.sizes import backbone_input_size
     from naf_cli.pipeline.sources import ImageSource
     from naf_cli.pipeline.transforms import ExtractAndUpsample, ExtractFeatures, UpsampleFeatures
@@ -223,7 +230,7 @@ def _build(spec: JobSpec, split: Split, rule: OutputSize | None, limit: int | No
     if stored_path is not None:
         if upsample is None or rule is None:
             raise OptionError(f"{stored_path} is a feature file; fix: naf extract takes images (naf upsample takes an extract file)")
-        return _upsample_stored(spec, stored_path, device, rule, limit, models, progress)
+        return _upsample_stored(spec, stored_path, device, rule, limit, models)
     source = ImageSource(list(spec.inputs), list(spec.globs), spec.files_from)
     if not len(source):
         where = ", ".join(map(str, spec.inputs)) or str(spec.files_from)
@@ -231,41 +238,66 @@ def _build(spec: JobSpec, split: Split, rule: OutputSize | None, limit: int | No
     # 2. models, and what they imply for the output
     name = models.backbone.info.name if models else get_spec(spec.vfm).name
     paths = {item.name: item.path for item in source}
-    if upsample is not None and rule is not None:
-        upsampler, info = _upsampler(upsample, models, device)
-        backbone = models.backbone if models else load_backbone(name, spec.vfm_weights, device, spec.layer, spec.backbone_precision)
-        channels, patch = backbone.info.channels, backbone.info.patch_size
-        upsampler.check_channels(channels)
-        _check_memory(spec, upsampler, channels, patch, rule, limit, device)
-        extract = ExtractFeatures(backbone, spec.long_side)
-        transform: Transform = ExtractAndUpsample(extract, UpsampleFeatures(upsampler, info, rule, limit))
-        if upsample.pca is not None or upsample.pca_basis is not None:
-            transform = _projected(spec, transform, [item.name for item in source], lambda n: _image_features(extract, paths[n]),
-                                   channels, progress)
-        kept = transform.basis.count if isinstance(transform, ProjectedFeatures) else channels
-
-        def upsampled_shape(name: str) -> Shape | None:
-            image_hw = header_size(paths[name])
-            if image_hw is None:
-                return None
-            in_hw = backbone_input_size(image_hw, patch, spec.long_side)
-            return (kept, *rule.resolve(image_hw, (in_hw[0] // patch, in_hw[1] // patch)))
-
-        return Pipeline(source, transform, f"{name} + {info.name} ({rule.describe()})", upsampled_shape,
-                        _smaller_upsampled(spec, channels))
     backbone = models.backbone if models else load_backbone(name, spec.vfm_weights, device, spec.layer, spec.backbone_precision)
     channels, patch = backbone.info.channels, backbone.info.patch_size
+    extract = ExtractFeatures(backbone, spec.long_side)
 
-    def extracted_shape(name: str) -> Shape | None:
-        image_hw = header_size(paths[name])
-        if image_hw is None:
-            return None
+    def grid(name: str, image_hw: tuple[int, int]) -> tuple[int, int]:
         in_hw = backbone_input_size(image_hw, patch, spec.long_side)
-        return channels, in_hw[0] // patch, in_hw[1] // patch
+        return in_hw[0] // patch, in_hw[1] // patch
 
-    smaller = ["--out-dtype float16"] if spec.out_dtype == "float32" else []
-    return Pipeline(source, ExtractFeatures(backbone, spec.long_side), f"{name} features", extracted_shape,
-                    [*smaller, "a smaller --long-side"])
+    if upsample is None or rule is None:
+        smaller = ["--out-dtype float16"] if spec.out_dtype == "float32" else []
+        return Pipeline(source, extract, f"{name} features", _output_shapes(paths, grid, None, channels, True),
+                        [*smaller, "a smaller --long-side"])
+    upsampler, info = _upsampler(upsample, models, device)
+    upsampler.check_channels(channels)
+    _check_memory(spec, upsampler, channels, patch, rule, limit, device)
+    transform = ExtractAndUpsample(extract, UpsampleFeatures(upsampler, info, rule, limit))
+    given = _given_basis(upsample, channels, transform.file_attrs())
+    return Pipeline(source, transform, f"{name} + {info.name} ({rule.describe()})",
+                    _output_shapes(paths, grid, rule, _stored_channels(upsample, given, channels), True),
+                    _smaller_upsampled(spec, channels), channels, lambda n: _image_features(extract, paths[n]), given)
+
+
+def _output_shapes(paths: Mapping[str, Path], grid: Callable[[str, tuple[int, int]], tuple[int, int] | None],
+                   rule: OutputSize | None, channels: int, needs_header: bool) -> Callable[[str], Shape | None]:
+    """Each input's stored [C, H, W]: its feature ``grid`` (from its name and its photo's size),
+    upsampled by ``rule`` (None: stored as it is). The photo's header is read only when needed."""
+    from naf_cli.images import header_size
+
+    def shape(name: str) -> Shape | None:
+        image_hw = header_size(paths[name]) if needs_header else (0, 0)
+        cells = None if image_hw is None else grid(name, image_hw)
+        if image_hw is None or cells is None:
+            return None
+        return (channels, *(cells if rule is None else rule.resolve(image_hw, cells)))
+
+    return shape
+
+
+def _stored_channels(upsample: UpsampleSpec, given: GivenBasis | None, channels: int) -> int:
+    """Channels each stored map has: ``--pca``'s (checked against the features'), else all of them."""
+    from naf_cli.pipeline.projection import check_components
+
+    if given is not None:
+        return given.basis.count
+    if upsample.pca is not None:
+        check_components(upsample.pca, channels)
+    return upsample.pca or channels
+
+
+def _given_basis(upsample: UpsampleSpec, channels: int, features: Mapping[str, object]) -> GivenBasis | None:
+    """``--pca-basis``'s basis, checked against these features and ``--pca``, or None."""
+    from naf_cli.pipeline.projection import GivenBasis
+
+    if upsample.pca_basis is None:
+        return None
+    given = GivenBasis.read(upsample.pca_basis, channels, features)
+    if upsample.pca is not None and upsample.pca != given.basis.count:
+        raise OptionError(f"--pca {upsample.pca} but the basis of {upsample.pca_basis} has {given.basis.count} components; "
+                          f"fix: drop --pca (it follows --pca-basis) or pass --pca {given.basis.count}")
+    return given
 
 
 def _image_features(extract: ExtractFeatures, path: Path) -> torch.Tensor | None:
@@ -279,33 +311,35 @@ def _image_features(extract: ExtractFeatures, path: Path) -> torch.Tensor | None
         return None
 
 
-def _projected(spec: JobSpec, transform: Transform, names: list[str], low_res: Callable[[str], torch.Tensor | None],
-               channels: int, progress: Progress) -> ProjectedFeatures:
-    """``transform`` with its features stored as ``--pca`` components: the basis of ``--pca-basis``,
-    the one a resumed run's folder holds, or one fitted now."""
+def _project(spec: JobSpec, pipeline: Pipeline, progress: Progress) -> Pipeline:
+    """The pipeline with its features stored as ``--pca`` components: the basis of ``--pca-basis``,
+    the one the run being resumed holds, or one fitted now (after the size was said)."""
+    from dataclasses import replace
+
     from naf_cli.pipeline.hdf5.layout import shard_folder
-    from naf_cli.pipeline.projection import ProjectedFeatures, basis_from_file, fit_count, fit_run_basis, stored_run_basis
+    from naf_cli.pipeline.projection import ProjectedFeatures, check_resumable, fit_run_basis, fit_setting, stored_run_basis
 
     upsample = spec.upsample
-    assert upsample is not None
-    fit = fit_count(upsample.pca_fit, len(names))
-    found = None
-    if upsample.pca_basis is not None:
-        basis, used, fit = basis_from_file(upsample.pca_basis, channels)
-        if upsample.pca is not None and upsample.pca != basis.count:
-            raise OptionError(f"--pca {upsample.pca} but the basis of {upsample.pca_basis} has {basis.count} components; "
-                              f"fix: drop --pca (it follows --pca-basis) or pass --pca {basis.count}")
-        where = f"taken from {upsample.pca_basis}"
-    elif not spec.overwrite and upsample.pca is not None and (found := stored_run_basis(shard_folder(spec.output), upsample.pca, fit)):
-        basis, used = found
-        where = f"the basis of the run being resumed in {shard_folder(spec.output)}"
+    assert upsample is not None and pipeline.low_res is not None
+    folder = shard_folder(spec.output)
+    if pipeline.given_basis is not None:
+        given = pipeline.given_basis
+        basis, used, fit, where = given.basis, given.fit_images, given.fit, f"taken from {given.path}"
     else:
         assert upsample.pca is not None
-        basis, used = fit_run_basis(names, low_res, upsample.pca, channels, fit, progress)
-        where = f"fitted on {used} image(s)"
-    progress.warn(f"pca: {basis.count} of {channels} channels keep {100 * basis.explained:.1f}% of the variance of the "
-                  f"low-resolution features ({where}; basis sha256 {basis.sha256[:12]})")
-    return ProjectedFeatures(transform, basis, fit, used)
+        fit = fit_setting(upsample.pca_fit)
+        found = None if spec.overwrite else stored_run_basis(folder, upsample.pca, fit)
+        if found is not None:
+            (basis, used), where = found, f"the basis of the run being resumed in {folder}"
+        else:
+            if not spec.overwrite:
+                check_resumable(spec.output, folder, upsample.pca, fit)
+            names = [item.name for item in pipeline.source]
+            basis, used = fit_run_basis(names, pipeline.low_res, upsample.pca, pipeline.channels, fit, progress)
+            where = f"fitted on {used} image(s)"
+    progress.warn(f"pca: {basis.count} of {pipeline.channels} channels keep {100 * basis.explained:.1f}% of the variance of "
+                  f"the low-resolution features ({where}; basis sha256 {basis.sha256[:12]})")
+    return replace(pipeline, transform=ProjectedFeatures(pipeline.transform, basis, fit, used))
 
 
 def _smaller_upsampled(spec: JobSpec, channels: int) -> list[str]:
@@ -353,16 +387,14 @@ def _check_memory(spec: JobSpec, upsampler: Upsampler, channels: int, patch_size
         raise OptionError(f"{what} need about {gib(need)} per image, more than the {gib(have)} available; {fix}")
 
 
-def _upsample_stored(spec: JobSpec, path: Path, device: str, rule: OutputSize, limit: int | None, models: LoadedModels | None,
-                     progress: Progress) -> Pipeline:
+def _upsample_stored(spec: JobSpec, path: Path, device: str, rule: OutputSize, limit: int | None,
+                     models: LoadedModels | None) -> Pipeline:
     """``naf upsample lr.h5``: the features of an extract file, upsampled without a backbone pass."""
     import torch
 
     from naf_cli.datasets import source_image_path
     from naf_cli.errors import NafError
     from naf_cli.features import FeatureFile
-    from naf_cli.images import header_size
-    from naf_cli.pipeline.projection import ProjectedFeatures
     from naf_cli.pipeline.sources import ImageSource, InputItem
     from naf_cli.pipeline.transforms import UpsampleFeatures, UpsampleStored
 
@@ -377,7 +409,7 @@ def _upsample_stored(spec: JobSpec, path: Path, device: str, rule: OutputSize, l
     upsampler, info = _upsampler(upsample, models, device)
     channels = int(stored.dataset(stored.names[0]).shape[0])
     upsampler.check_channels(channels)
-    transform: Transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule, limit))
+    transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule, limit))
 
     def low_res(name: str) -> torch.Tensor | None:
         try:
@@ -385,65 +417,49 @@ def _upsample_stored(spec: JobSpec, path: Path, device: str, rule: OutputSize, l
         except NafError:  # unreadable: the run skips it with its reason
             return None
 
-    if upsample.pca is not None or upsample.pca_basis is not None:
-        transform = _projected(spec, transform, [item.name for item in source], low_res, channels, progress)
-    kept = transform.basis.count if isinstance(transform, ProjectedFeatures) else channels
-
-    def upsampled_shape(name: str) -> Shape | None:
+    def grid(name: str, image_hw: tuple[int, int]) -> tuple[int, int] | None:
         try:
-            grid = tuple(int(v) for v in stored.dataset(name).shape[-2:])
+            shape = stored.dataset(name).shape
         except (NafError, KeyError):
             return None
-        image_hw = header_size(paths[name]) if rule.mode == "image" else (0, 0)
-        return None if image_hw is None else (kept, *rule.resolve(image_hw, (grid[0], grid[1])))
+        return int(shape[-2]), int(shape[-1])
 
-    return Pipeline(source, transform, f"{path.name} + {info.name} ({rule.describe()})", upsampled_shape,
-                    _smaller_upsampled(spec, channels))
+    given = _given_basis(upsample, channels, transform.file_attrs())
+    return Pipeline(source, transform, f"{path.name} + {info.name} ({rule.describe()})",
+                    _output_shapes(paths, grid, rule, _stored_channels(upsample, given, channels), rule.mode == "image"),
+                    _smaller_upsampled(spec, channels), channels, low_res, given)
 
 
 def _run(spec: JobSpec, split: Split, pipeline: Pipeline, sink: HDF5FeatureSink, reporter: Progress) -> RunSummary:
     from naf_cli.pipeline.run import run_pipeline
 
-    partition = split.partition
     source, transform = pipeline.source, pipeline.transform
     if split.rank is not None:
         _start_ranks(split.rank, source, transform, sink, spec.batch_size)
-    _say_size(spec, split, pipeline, reporter)
     run_attrs = {"command": spec.command} if spec.command else None
     return run_pipeline(source, transform, sink, reporter, strict=spec.strict, run_attrs=run_attrs,
                         description=pipeline.description, workers=spec.workers, batch_size=spec.batch_size,
-                        partition=partition)
+                        partition=split.partition)
 
 
 def _say_size(spec: JobSpec, split: Split, pipeline: Pipeline, reporter: Progress) -> None:
-    """One line before the first image: about how much the run writes, and the free space; a
-    run that cannot fit on its disk is refused here, before any work."""
-    from naf_cli.pipeline.run_size import check_fits, estimate, free_bytes
+    """One line before the first image: about how much this process writes (its part of a split
+    run) and the free space; a run that cannot fit on its disk is refused here, before any work."""
+    from naf_cli.pipeline.run_size import check_fits, estimate, finished_names, free_bytes, output_bytes
 
-    total = len(pipeline.source)
-    mine = sum(min(spec.batch_size, total - start) for start in split.partition.group_starts(total, spec.batch_size))
-    left = max(0, mine - (0 if spec.overwrite else _images_in(spec.output)))
-    size = estimate([item.name for item in pipeline.source], pipeline.output_shape, left, spec.out_dtype,
-                    compressed=spec.compression != "none")
+    items = pipeline.source.items
+    mine = [item.name for start in split.partition.group_starts(len(items), spec.batch_size)
+            for item in items[start:start + spec.batch_size]]
+    done = set() if spec.overwrite else finished_names(spec.output)
+    size = estimate([item.name for item in items], pipeline.output_shape, sum(name not in done for name in mine),
+                    spec.out_dtype, compressed=spec.compression != "none")
     if size is None or not size.images:
         return
     free, folder = free_bytes(spec.output)
-    check_fits(size, free, folder, pipeline.smaller)
+    if spec.overwrite:
+        free += output_bytes(spec.output)  # the run it replaces is deleted first
+    check_fits(size, free, folder, pipeline.smaller, reporter.warn)
     reporter.warn(size.line(free, folder))
-
-
-def _images_in(output: Path) -> int:
-    """Images an existing output already holds (all parts'), 0 when there is none."""
-    from naf_cli.errors import NafError
-    from naf_cli.features import FeatureFile
-
-    if not output.is_file():
-        return 0
-    try:
-        with FeatureFile(output) as existing:
-            return len(existing) - len(existing.unreadable)
-    except (NafError, OSError):
-        return 0
 
 
 def _start_ranks(rank: TorchrunRank, source: ImageSource, transform: Transform, sink: HDF5FeatureSink, batch_size: int) -> None:

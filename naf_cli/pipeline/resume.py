@@ -72,6 +72,13 @@ class Difference:
     def __str__(self) -> str:
         return f"{self.key} ({self.mine!r} vs {self.theirs!r})"
 
+    def advice(self) -> str:
+        """More to the fix when the difference has a cause of its own (empty otherwise)."""
+        if self.key.endswith("pca_sha256"):
+            return ("; the same --pca options fitted different bases (machines whose arithmetic differs in the last "
+                    "bits): fit it once and pass --pca-basis FILE (that output) to every part")
+        return ""
+
 
 def first_difference(mine: object, theirs: object, where: str = "") -> Difference | None:
     """The first key (in name order, depth first) whose values differ, or None when equal."""

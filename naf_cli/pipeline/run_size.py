@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from naf_cli.errors import OptionError
-from naf_cli.pca.basis import seeded_choice
 from naf_cli.pipeline.memory import human_bytes
 from naf_cli.pipeline.sizes import chunk_shape, stored_bytes
+from naf_cli.sampling import seeded_choice
 
 # image headers read for the estimate
 SIZE_SAMPLE = 32
@@ -54,12 +56,34 @@ def estimate(names: Sequence[str], output_shape: Callable[[str], Shape | None], 
     """The size of ``images`` outputs from those of a seeded sample of ``names``
     (``output_shape(name)``: its [C, H, W], None when its header cannot be read). None
     when no sampled input's size is known."""
-    itemsize = 2 if dtype == "float16" else 4
+    itemsize = np.dtype(dtype).itemsize
     shapes = [shape for name in seeded_choice(list(names), SIZE_SAMPLE, SIZE_SEED) if (shape := output_shape(name))]
     if not shapes:
         return None
     per_image = sum(stored_bytes(shape, chunk_shape(*shape, itemsize=itemsize), itemsize) for shape in shapes) // len(shapes)
     return RunSize(per_image, images, shapes[0], dtype, len(shapes), compressed)
+
+
+def finished_names(output: Path) -> set[str]:
+    """Images an existing output already holds (readable, any part's); empty when there is none."""
+    from naf_cli.errors import NafError
+    from naf_cli.features import FeatureFile
+
+    if not Path(output).is_file():
+        return set()
+    try:
+        with FeatureFile(output) as existing:
+            return set(existing.names) - set(existing.unreadable)
+    except (NafError, OSError):
+        return set()
+
+
+def output_bytes(output: Path) -> int:
+    """Bytes an output takes: its index and every file of its shards folder."""
+    from naf_cli.pipeline.hdf5.layout import shard_folder
+
+    files = [Path(output), *(shard_folder(Path(output)).glob("*"))]
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 def free_bytes(output: Path) -> tuple[int, Path]:
@@ -70,11 +94,16 @@ def free_bytes(output: Path) -> tuple[int, Path]:
     return shutil.disk_usage(folder).free, folder
 
 
-def check_fits(size: RunSize, free: int, folder: Path, fixes: Sequence[str]) -> None:
-    """An OptionError (before any work) when the run clearly cannot fit on its disk."""
+def check_fits(size: RunSize, free: int, folder: Path, fixes: Sequence[str], warn: Callable[[str], None]) -> None:
+    """An OptionError (before any work) when the run clearly cannot fit on its disk; with
+    compression, whose gain is not known in advance, a warning instead."""
     if size.total <= free:
         return
+    what = (f"the run would write about {human_bytes(size.total)} ({human_bytes(size.per_image)} per image, "
+            f"{size.images} image(s))")
+    if size.compressed:
+        warn(f"warning: {what} before compression, more than the {human_bytes(free)} free on the disk of {folder}; it "
+             f"fits only if compression saves the difference")
+        return
     options = ", ".join([*fixes, "-o on a larger disk"])
-    raise OptionError(f"the run would write about {human_bytes(size.total)} ({human_bytes(size.per_image)} per image, "
-                      f"{size.images} image(s)), more than the {human_bytes(free)} free on the disk of {folder}; fix: "
-                      f"{options}")
+    raise OptionError(f"{what}, more than the {human_bytes(free)} free on the disk of {folder}; fix: {options}")

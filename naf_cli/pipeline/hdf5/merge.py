@@ -103,7 +103,8 @@ def merge_outputs(parts: Sequence[Path], output: Path, command: str = "", overwr
         difference = first_difference(first.settings, theirs.settings)
         if difference is not None:
             raise OptionError(f"{folder} was written with {difference.key}={difference.theirs!r}, {folders[0]} with "
-                              f"{difference.key}={difference.mine!r}: not parts of one run; fix: merge outputs of one command")
+                              f"{difference.key}={difference.mine!r}: not parts of one run; fix: merge outputs of one command"
+                              f"{difference.advice()}")
     described = next((contents for folder in folders if (contents := _index_contents(folder)) is not None), None)
     if described is None:
         raise OptionError("none of the parts has published an image yet (no index file); fix: merge once they have")

@@ -14,7 +14,6 @@ is it renamed to its final name.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from naf_cli.disk import check_output_file, check_room, replacing
 from naf_cli.errors import OptionError, OutputError, RunError
-from naf_cli.feature_format import FEATURES_GROUP, plain_attr
+from naf_cli.feature_format import FEATURES_GROUP, list_datasets, plain_attr
 from naf_cli.pipeline.hdf5.layout import read_arrays, write_arrays
 from naf_cli.pipeline.seams import Progress
 
@@ -60,7 +59,9 @@ def pack(index: Path, output: Path, progress: Progress, *, incomplete: bool = Fa
         raise OptionError(f"{index} is not complete ({problem['problem']}: {problem['message']}); fix: {problem['fix']}, "
                           f"or pass --incomplete to pack the {summary['images']['done']} image(s) it holds")
     names = [d["name"] for d in summary["datasets"] if "shape" in d]
-    check_room(output, sum(d["bytes_stored"] for d in summary["datasets"] if "shape" in d) + (1 << 20), f"the packed file {output}")
+    needed = sum(d["bytes_stored"] for d in summary["datasets"] if "shape" in d) + (1 << 20)
+    _check_room(output, needed)
+    check_room(output, needed, f"the packed file {output}")  # the file-size limit (ulimit -f)
     progress.start(len(names), f"packing {index.name}")
     try:
         with replacing(output) as tmp:
@@ -80,11 +81,26 @@ def pack(index: Path, output: Path, progress: Progress, *, incomplete: bool = Fa
     return PackResult(output, len(names), output.stat().st_size, bool(summary["complete"]))
 
 
+def _check_room(output: Path, needed: int) -> None:
+    """An OutputError before any write when the packed file cannot fit on its disk (a file it
+    replaces stays until the new one is whole, so it frees nothing)."""
+    from naf_cli.pipeline.memory import human_bytes
+    from naf_cli.pipeline.run_size import free_bytes
+
+    free, folder = free_bytes(output)
+    if needed > free:
+        raise OutputError(f"the packed file {output} needs about {human_bytes(needed)}, more than the {human_bytes(free)} "
+                          f"free on the disk of {folder}; fix: free disk space, or -o on another disk")
+
+
 def _copy(source: h5py.Dataset, group: h5py.Group, name: str) -> None:
-    """One dataset with its chunking, filters and attributes; its chunks copied as stored."""
-    target = group.create_dataset(name, shape=source.shape, dtype=source.dtype, chunks=source.chunks,
-                                  compression=source.compression, compression_opts=source.compression_opts,
-                                  shuffle=source.shuffle, fletcher32=source.fletcher32)
+    """One dataset with its creation properties (chunks and every filter, as they are), its
+    attributes, and its written chunks copied as stored."""
+    links = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+    links.set_create_intermediate_group(True)  # names with folders: holiday/beach.jpg
+    space = h5py.h5s.create_simple(source.shape)
+    target = h5py.Dataset(h5py.h5d.create(group.id, name.encode(), source.id.get_type(), space,
+                                          dcpl=source.id.get_create_plist(), lcpl=links))
     for key, value in source.attrs.items():
         target.attrs[key] = value
     if source.chunks is None:  # a contiguous dataset (another writer's): copied a band of rows at a time
@@ -92,8 +108,8 @@ def _copy(source: h5py.Dataset, group: h5py.Group, name: str) -> None:
         for r0 in range(0, source.shape[1], rows):
             target[:, r0:r0 + rows] = source[:, r0:r0 + rows]
         return
-    steps = [range(0, size, chunk) for size, chunk in zip(source.shape, source.chunks, strict=True)]
-    for offset in itertools.product(*steps):
+    for index in range(source.id.get_num_chunks()):  # chunks never written stay unwritten (read as the fill value)
+        offset = source.id.get_chunk_info(index).chunk_offset
         mask, data = source.id.read_direct_chunk(offset)
         target.id.write_direct_chunk(offset, data, mask)
 
@@ -113,5 +129,5 @@ def _verify(index: Path, packed: Path, names: list[str]) -> None:
                 raise RunError(f"{name} cannot be read back while packing {index} ({plain_attr(str(err))}); fix: run "
                                f"naf verify {index}, rerun the command that wrote it to redo damaged images, then pack "
                                f"again") from err
-        if set(copy[FEATURES_GROUP]) != set(names):
+        if set(list_datasets(copy[FEATURES_GROUP])) != set(names):
             raise RunError(f"the packed file does not hold exactly the images of {index}; fix: rerun naf pack")
