@@ -38,7 +38,7 @@ class FeatureFile(Mapping[str, np.ndarray]):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise NafError(f"{self.path} does not exist; {FIX}")
+            raise NafError(f"{self.path} {'is a folder' if self.path.is_dir() else 'does not exist'}; {FIX}")
         if not h5py.is_hdf5(self.path):
             raise NafError(f"{self.path} is not an HDF5 file; {FIX}")
         self._file: h5py.File | None = None

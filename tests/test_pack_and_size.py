@@ -172,6 +172,21 @@ def test_pack_of_a_damaged_shard_fails_and_leaves_nothing(examples_dir, tmp_path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1 and "chelsea.jpg" in errors[0] and "naf verify" in errors[0], result.stderr
     assert not packed.exists() and not list(tmp_path.glob("one.h5*"))
+    # told to pack what can be read: the damaged image is left out, named, and the file says so
+    told = naf("pack", str(out), "-o", str(packed), "--incomplete")
+    assert told.returncode == 3 and "left out chelsea.jpg" in told.stderr and "packed 3 image(s)" in told.stdout, told.stderr
+    assert sorted(FeatureFile(packed)) == ["astronaut.jpg", "coffee.jpg", "rocket.jpg"]
+    assert naf("info", str(packed)).returncode == 1
+
+
+def test_pack_of_a_plain_h5py_file_says_what_it_is(tmp_path):
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f.create_dataset("features/a", data=np.ones((4, 5, 6), np.float32))
+    result = naf("pack", str(plain), "-o", str(tmp_path / "one.h5"))
+    assert result.returncode == 0 and "not written by naf-cli: packed as it is" in result.stdout, result.stderr
+    folder = naf("pack", str(tmp_path), "-o", str(tmp_path / "two.h5"))
+    assert folder.returncode == 2 and f"{tmp_path} is a folder" in folder.stderr
 
 
 def test_pack_memory_stays_flat(tmp_path):

@@ -202,3 +202,20 @@ def test_too_few_feature_vectors_for_the_components_is_one_line(photos, tmp_path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert "3 feature vector(s)" in errors[0] and "cannot fit 8 components" in errors[0] and "fix:" in errors[0]
+
+
+def test_a_basis_of_another_backbone_with_as_many_channels_is_refused(photos, reduced, tmp_path):
+    """effnet-lite1's features have 112 channels too: the channel count alone would let it pass."""
+    out = tmp_path / "lite1.h5"
+    result = naf("upsample", "--vfm", "effnet-lite1", "--long-side", "224", "--scale", "2", "--device", "cpu", str(photos),
+                 "-o", str(out), "--pca-basis", str(reduced))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert "fitted on other features" in errors[0] and "effnet-lite0" in errors[0] and "fix:" in errors[0]
+    assert not out.exists()
+
+
+def test_a_pca_output_rerun_without_pca_names_the_option(photos, reduced):
+    result = naf(*RUN, str(photos), "-o", str(reduced), "--out-dtype", "float32")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "was written with --pca" in errors[0], result.stderr

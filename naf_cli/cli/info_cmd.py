@@ -53,7 +53,8 @@ def _render(summary: dict) -> None:
     if pca:
         table.add_row("pca", f"{pca.get('pca_components')} of {pca.get('pca_channels')} channels, "
                              f"{100 * float(pca.get('pca_variance_kept', 0)):.1f}% of the variance (fitted on "
-                             f"{pca.get('pca_fit_images')} image(s), seed {pca.get('pca_seed')}); FeatureFile.reconstruct "
+                             f"{pca.get('pca_fit_images')} image(s), seed {pca.get('pca_seed')}"
+                             f"{', taken from ' + str(pca['pca_basis_from']) if pca.get('pca_basis_from') else ''}); FeatureFile.reconstruct "
                              f"gives the {pca.get('pca_channels')} channels")
         table.add_row("pca basis sha256", str(pca.get("pca_sha256")))
     images = summary["images"]
@@ -63,7 +64,7 @@ def _render(summary: dict) -> None:
     if images["unreadable"]:
         table.add_row("images unreadable", str(images["unreadable"]))
     shapes = summary["shapes"]
-    table.add_row("channels", ", ".join(map(str, shapes["channels"])) or "-")
+    table.add_row("stored channels", ", ".join(map(str, shapes["channels"])) or "-")
     table.add_row("dtypes", ", ".join(shapes["dtypes"]) or "-")
     if shapes["height_range"]:
         (h0, h1), (w0, w1) = shapes["height_range"], shapes["width_range"]

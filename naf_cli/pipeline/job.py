@@ -339,7 +339,8 @@ def _project(spec: JobSpec, pipeline: Pipeline, progress: Progress) -> Pipeline:
             where = f"fitted on {used} image(s)"
     progress.warn(f"pca: {basis.count} of {pipeline.channels} channels keep {100 * basis.explained:.1f}% of the variance of "
                   f"the low-resolution features ({where}; basis sha256 {basis.sha256[:12]})")
-    return replace(pipeline, transform=ProjectedFeatures(pipeline.transform, basis, fit, used))
+    taken_from = pipeline.given_basis.path if pipeline.given_basis else None
+    return replace(pipeline, transform=ProjectedFeatures(pipeline.transform, basis, fit, used, taken_from))
 
 
 def _smaller_upsampled(spec: JobSpec, channels: int) -> list[str]:
@@ -354,7 +355,7 @@ def _smaller_upsampled(spec: JobSpec, channels: int) -> list[str]:
     if spec.out_dtype == "float32":
         fixes.append("--out-dtype float16")
     return [*fixes, "a smaller --scale or --output-size",
-            "naf extract (low resolution) with naf_cli.UpsamplingDataset to upsample when read"]
+            "naf extract (low resolution) with naf_cli.datasets.UpsamplingDataset to upsample when read"]
 
 
 def _upsampler(upsample: UpsampleSpec, models: LoadedModels | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:

@@ -179,8 +179,9 @@ def fit_run_basis(names: Sequence[str], low_res: Callable[[str], torch.Tensor | 
 class ProjectedFeatures:
     """Another transform's features [C, H, W] -> their ``basis`` coordinates [K, H, W]."""
 
-    def __init__(self, inner: Transform, basis: StoredBasis, fit: int, fit_images: int) -> None:
+    def __init__(self, inner: Transform, basis: StoredBasis, fit: int, fit_images: int, taken_from: Path | None = None) -> None:
         self.inner = inner
+        self.taken_from = taken_from  # --pca-basis: the output the basis came from
         self.basis = basis
         self.fit = fit  # images the run asked to fit on (--pca-fit, or its default: fit_setting)
         self.fit_images = fit_images  # those the fit used (the readable ones among the chosen)
@@ -194,7 +195,8 @@ class ProjectedFeatures:
     def file_attrs(self) -> dict[str, AttrValue]:
         return {**self.inner.file_attrs(), "pca_components": self.basis.count, "pca_channels": self.basis.channels,
                 "pca_variance_kept": round(self.basis.explained, 6), "pca_fit": self.fit, "pca_fit_images": self.fit_images,
-                "pca_seed": PCA_SEED, "pca_sha256": self.basis.sha256}
+                "pca_seed": PCA_SEED, "pca_sha256": self.basis.sha256,
+                **({"pca_basis_from": str(self.taken_from.absolute())} if self.taken_from else {})}
 
     def file_arrays(self) -> dict[str, np.ndarray]:
         return {**self.inner.file_arrays(), **self.basis.arrays()}

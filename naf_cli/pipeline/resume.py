@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from naf_cli.pipeline.seams import Transform
 
 # attributes that name where things were read from; their content hashes are compared instead
-LOCATION_KEYS = frozenset({"backbone_weights", "checkpoint", "features_from"})
+LOCATION_KEYS = frozenset({"backbone_weights", "checkpoint", "features_from", "pca_basis_from"})
 
 
 def run_settings(transform: Transform, batch_size: int = 1) -> dict[str, object]:
@@ -181,6 +181,10 @@ def agree(output: Path, catalog: ShardCatalog, wanted: dict[str, object], partit
                           f"it with the naf-cli that started it, or pass --overwrite to start again")
     again = ("pass --overwrite to start again" if partition.is_whole else
              f"to start again, delete {output} and {folder} (or pass --overwrite with torchrun)")
+    if difference.key.startswith("pca_") and None in (difference.mine, difference.theirs):
+        written = "with --pca" if difference.mine is None else "without --pca"
+        raise OutputError(f"{output} was written {written}, this run is not; fix: rerun with the same --pca options to "
+                          f"resume, or {again}")
     raise OutputError(f"{output} was written with {difference.key}={difference.theirs!r}, this run has "
                       f"{difference.key}={difference.mine!r}; fix: rerun with the same options to resume, or {again}")
 

@@ -46,8 +46,8 @@ class RunSize:
     def line(self, free: int, folder: Path) -> str:
         shape = "x".join(map(str, self.typical))
         note = ", before compression" if self.compressed else ""
-        return (f"size: about {human_bytes(self.per_image)} per image ({self.dtype}{note}, e.g. {shape}; from {self.sampled} "
-                f"image size(s)), about {human_bytes(self.total)} for {self.images} image(s) to write; "
+        return (f"size: about {human_bytes(self.per_image)} per image ({self.dtype}{note}; the mean of {self.sampled} "
+                f"sampled output(s), e.g. {shape}), about {human_bytes(self.total)} for {self.images} image(s) to write; "
                 f"{human_bytes(free)} free on the disk of {folder}")
 
 

@@ -16,7 +16,8 @@ RUN_KEYS = ("format_version", "producer", "created", "command", "kind", "source_
 BACKBONE_KEYS = ("backbone", "backbone_timm", "backbone_weights", "backbone_weights_sha256", "patch_size", "channels",
                  "long_side")
 UPSAMPLER_KEYS = ("upsampler", "checkpoint", "checkpoint_sha256", "upsampler_settings", "output_size_mode", "scale")
-PCA_KEYS = ("pca_components", "pca_channels", "pca_variance_kept", "pca_fit", "pca_fit_images", "pca_seed", "pca_sha256")
+PCA_KEYS = ("pca_components", "pca_channels", "pca_variance_kept", "pca_fit", "pca_fit_images", "pca_seed", "pca_sha256",
+            "pca_basis_from")
 
 
 def _linked_bytes(path: Path, link_files: set[str]) -> int:
@@ -48,7 +49,8 @@ def describe_feature_file(path: Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise NafError(f"{path} does not exist; fix: pass the .h5 file written by naf extract or naf upsample")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise NafError(f"{path} {what}; fix: pass the .h5 file written by naf extract or naf upsample")
     if not h5py.is_hdf5(path):
         raise NafError(f"{path} is not an HDF5 file; fix: pass the .h5 file written by naf extract or naf upsample")
     try:

@@ -36,14 +36,16 @@ class PackResult:
     output: Path
     images: int
     bytes_written: int
-    complete: bool
+    complete: bool | None  # None: a file naf-cli did not write, packed as it is
+    left_out: list[str]  # --incomplete: images that could not be read back (damaged)
 
 
 def pack(index: Path, output: Path, progress: Progress, *, incomplete: bool = False, overwrite: bool = False) -> PackResult:
     """Copy every image of the naf output ``index`` into the single file ``output`` and verify it.
 
-    An incomplete run is refused unless ``incomplete`` (its readable images are packed and the
-    file keeps saying it is incomplete). ``output`` must not exist unless ``overwrite``.
+    An incomplete run is refused unless ``incomplete``: its readable images are packed (a
+    damaged one is left out, with a line) and the file keeps saying it is incomplete.
+    ``output`` must not exist unless ``overwrite``.
     """
     from naf_cli.pipeline.hdf5.info import describe_feature_file
 
@@ -54,11 +56,12 @@ def pack(index: Path, output: Path, progress: Progress, *, incomplete: bool = Fa
         raise OptionError(f"-o {output} is the run's own index; fix: pack into another file, e.g. -o {index.stem}-packed.h5")
     if output.exists() and not overwrite:
         raise OutputError(f"{output} already exists; fix: pass --overwrite or choose another -o path")
-    if summary["complete"] is False and not incomplete:
-        problem = summary["problems"][0]
-        raise OptionError(f"{index} is not complete ({problem['problem']}: {problem['message']}); fix: {problem['fix']}, "
-                          f"or pass --incomplete to pack the {summary['images']['done']} image(s) it holds")
     names = [d["name"] for d in summary["datasets"] if "shape" in d]
+    if summary["complete"] is False and (not incomplete or not names):
+        problem = summary["problems"][0]
+        more = f", or pass --incomplete to pack the {len(names)} image(s) it holds" if names else ""
+        raise OptionError(f"{index} is not complete ({problem['problem']}: {problem['message']}); fix: "
+                          f"{problem['fix']}{more}")
     needed = sum(d["bytes_stored"] for d in summary["datasets"] if "shape" in d) + (1 << 20)
     _check_room(output, needed)
     check_room(output, needed, f"the packed file {output}")  # the file-size limit (ulimit -f)
@@ -75,10 +78,17 @@ def pack(index: Path, output: Path, progress: Progress, *, incomplete: bool = Fa
                 for name in names:
                     _copy(source[FEATURES_GROUP][name], group, name)
                     progress.advance(name)
-            _verify(index, tmp, names)
+            left_out = _verify(index, tmp, names, incomplete)
+            if left_out:
+                with h5py.File(tmp, "r+") as packed:
+                    for name in left_out:
+                        del packed[FEATURES_GROUP][name]
+                        progress.warn(f"left out {name}: it cannot be read in {index} (damaged); naf verify {index} "
+                                      f"records it, and rerunning the command that wrote it redoes it")
+                    packed.attrs["complete"] = False
     finally:
         progress.close()
-    return PackResult(output, len(names), output.stat().st_size, bool(summary["complete"]))
+    return PackResult(output, len(names) - len(left_out), output.stat().st_size, summary["complete"], left_out)
 
 
 def _check_room(output: Path, needed: int) -> None:
@@ -114,20 +124,33 @@ def _copy(source: h5py.Dataset, group: h5py.Group, name: str) -> None:
         target.id.write_direct_chunk(offset, data, mask)
 
 
-def _verify(index: Path, packed: Path, names: list[str]) -> None:
-    """Every dataset of ``packed`` read back (its checksums checked) and equal to the run's."""
+def _verify(index: Path, packed: Path, names: list[str], incomplete: bool) -> list[str]:
+    """Every dataset of ``packed`` read back (its checksums checked) and equal to the run's;
+    returns the images the run's copy of which cannot be read (``incomplete``: left out; else
+    a RunError)."""
+    damaged = []
     with h5py.File(index, "r") as source, h5py.File(packed, "r") as copy:
         for name in names:
             original, written = source[FEATURES_GROUP][name], copy[FEATURES_GROUP][name]
             selections = original.iter_chunks() if original.chunks else [()]
-            try:
-                for selection in selections:
-                    if not np.array_equal(original[selection], written[selection], equal_nan=True):
-                        raise RunError(f"the packed copy of {name} differs from {index}'s; fix: rerun naf pack (and "
-                                       f"naf verify {index} if it differs again)")
-            except OSError as err:
-                raise RunError(f"{name} cannot be read back while packing {index} ({plain_attr(str(err))}); fix: run "
-                               f"naf verify {index}, rerun the command that wrote it to redo damaged images, then pack "
-                               f"again") from err
+            for selection in selections:
+                try:
+                    expected = original[selection]
+                except OSError as err:
+                    if incomplete:
+                        damaged.append(name)
+                        break
+                    raise RunError(f"{name} cannot be read in {index} ({plain_attr(str(err))}); fix: run naf verify "
+                                   f"{index}, rerun the command that wrote it to redo damaged images, then pack again (or "
+                                   f"pack without it: --incomplete)") from err
+                try:
+                    same = np.array_equal(expected, written[selection], equal_nan=True)
+                except OSError as err:
+                    raise RunError(f"the packed copy of {name} cannot be read back ({plain_attr(str(err))}); fix: check "
+                                   f"the disk of {packed.parent}, then rerun naf pack") from err
+                if not same:
+                    raise RunError(f"the packed copy of {name} differs from {index}'s; fix: check the disk of "
+                                   f"{packed.parent}, then rerun naf pack")
         if set(list_datasets(copy[FEATURES_GROUP])) != set(names):
             raise RunError(f"the packed file does not hold exactly the images of {index}; fix: rerun naf pack")
+    return damaged
