@@ -444,12 +444,15 @@ def _run(spec: JobSpec, split: Split, pipeline: Pipeline, sink: HDF5FeatureSink,
 
 
 def _say_size(spec: JobSpec, split: Split, pipeline: Pipeline, reporter: Progress) -> None:
-    """One line before the first image: about how much this process writes (its part of a split
-    run) and the free space; a run that cannot fit on its disk is refused here, before any work."""
+    """One line before the first image: about how much is left to write and the free space; a
+    run that cannot fit on its disk is refused here, before any work. A ``--shard`` part counts
+    its own share; torchrun's ranks count the whole run, so every rank decides alike (a rank
+    refusing alone would leave the others waiting at the start)."""
     from naf_cli.pipeline.run_size import check_fits, estimate, finished_names, free_bytes, output_bytes
 
     items = pipeline.source.items
-    mine = [item.name for start in split.partition.group_starts(len(items), spec.batch_size)
+    share = split.partition if split.rank is None else Partition()
+    mine = [item.name for start in share.group_starts(len(items), spec.batch_size)
             for item in items[start:start + spec.batch_size]]
     done = set() if spec.overwrite else finished_names(spec.output)
     size = estimate([item.name for item in items], pipeline.output_shape, sum(name not in done for name in mine),
