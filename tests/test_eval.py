@@ -54,6 +54,41 @@ def test_metrics_are_the_plain_formulas():
     assert math.isnan(reconstruction_metrics(prediction, target, band & False)["edge_mse"])
 
 
+def _seam_by_loops(features, factor):
+    """The seam contrast written out pair by pair, from its definition."""
+    channels, height, width = features.shape
+    across, inside = [], []
+    for y in range(height):
+        for x in range(1, width):
+            step = sum(abs(float(features[c, y, x] - features[c, y, x - 1])) for c in range(channels)) / channels
+            (across if x % factor == 0 else inside).append(step)
+    for y in range(1, height):
+        for x in range(width):
+            step = sum(abs(float(features[c, y, x] - features[c, y - 1, x])) for c in range(channels)) / channels
+            (across if y % factor == 0 else inside).append(step)
+    return (sum(across) / len(across)) / (sum(inside) / len(inside))
+
+
+def test_seam_and_variance_measures_against_their_definitions():
+    from naf_cli.evaluation.metrics import seam_contrast
+
+    torch.manual_seed(1)
+    target = torch.randn(3, 6, 8)
+    prediction = torch.randn(3, 6, 8)
+    for factor in (2, 3):
+        assert math.isclose(seam_contrast(prediction, factor), _seam_by_loops(prediction, factor), rel_tol=1e-6)
+    scores = reconstruction_metrics(prediction, target, torch.zeros(6, 8, dtype=torch.bool), 2)
+    assert math.isclose(scores["seam"], _seam_by_loops(prediction, 2) / _seam_by_loops(target, 2), rel_tol=1e-6)
+    variance = sum(float(prediction[c].flatten().var()) for c in range(3)) / sum(float(target[c].flatten().var()) for c in range(3))
+    assert math.isclose(scores["variance"], variance, rel_tol=1e-6)
+    # nearest upsampling is constant inside cells: every step is at a boundary, an extreme grid
+    blocky = torch.randn(3, 3, 4).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert math.isinf(seam_contrast(blocky, 2)) or seam_contrast(blocky, 2) > 1e6
+    smooth = (torch.arange(8.0)[None, :] + torch.arange(6.0)[:, None]).expand(3, 6, 8) / 10  # one step everywhere: no grid
+    assert math.isclose(seam_contrast(smooth, 2), 1.0, rel_tol=1e-5)
+    assert math.isnan(reconstruction_metrics(prediction, target, torch.zeros(6, 8, dtype=torch.bool))["seam"])
+
+
 @pytest.fixture(scope="module")
 def two_photos(tmp_path_factory, examples_dir):
     folder = tmp_path_factory.mktemp("eval")

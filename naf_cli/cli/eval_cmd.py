@@ -160,9 +160,11 @@ def render(scores: list, factors: list[int]) -> None:
     console = Console(soft_wrap=True)
     for f in factors:
         rows = [s for s in scores if s.factor == f]
-        table = Table("method", "MSE", "edge MSE", "cosine", "edge cosine",
-                      title=f"x{f}: {rows[0].images} photos (MSE: lower is better; cosine: higher)")
+        table = Table("method", "MSE", "edge MSE", "cosine", "edge cosine", "seam", "variance",
+                      title=f"x{f}: {rows[0].images} photos (MSE: lower is better; cosine: higher; seam: the step at "
+                            f"cell boundaries over the target's, 1 = no grid; variance: the output's over the target's, "
+                            f"below 1 = shrunk)")
         for score in rows:
-            means = (score.mean(key) for key in ("mse", "edge_mse", "cosine", "edge_cosine"))
+            means = (score.mean(key) for key in ("mse", "edge_mse", "cosine", "edge_cosine", "seam", "variance"))
             table.add_row(score.method, *("-" if math.isnan(value) else f"{value:.4f}" for value in means))
         console.print(table)

@@ -29,9 +29,34 @@ def edge_band(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.max_pool2d(cells, size, stride=1, padding=EDGE_RADIUS)[0, 0] > 0
 
 
-def reconstruction_metrics(prediction: torch.Tensor, target: torch.Tensor, band: torch.Tensor) -> dict[str, float]:
+def seam_contrast(features: torch.Tensor, factor: int) -> float:
+    """How much more ``features`` [C, H, W] change between neighbouring pixels *across* the
+    boundaries of ``factor`` x ``factor`` cells than *inside* them: the mean over channels of
+    |difference| of pairs that straddle a boundary (pixel ``k * factor - 1`` and the next, in
+    rows and in columns) over the same mean for pairs inside one cell. NaN without both kinds."""
+    features = features.double()
+    across_columns = (torch.arange(1, features.shape[-1]) % factor) == 0  # pair (x - 1, x) for x = 1..W-1
+    across_rows = (torch.arange(1, features.shape[-2]) % factor) == 0
+    columns = (features[:, :, 1:] - features[:, :, :-1]).abs().mean(0)  # [H, W - 1]
+    rows = (features[:, 1:, :] - features[:, :-1, :]).abs().mean(0)  # [H - 1, W]
+    across = torch.cat((columns[:, across_columns].flatten(), rows[across_rows].flatten()))
+    inside = torch.cat((columns[:, ~across_columns].flatten(), rows[~across_rows].flatten()))
+    if not len(across) or not len(inside):
+        return float("nan")
+    return float(across.mean() / inside.mean().clamp(min=1e-300))
+
+
+def reconstruction_metrics(prediction: torch.Tensor, target: torch.Tensor, band: torch.Tensor,
+                           factor: int | None = None) -> dict[str, float]:
     """MSE (mean over C, H, W) and mean cosine similarity of pixel vectors, over all pixels and
-    over the ``band`` pixels; prediction and target [C, H, W]. Edge values are NaN when the band is empty."""
+    over the ``band`` pixels; prediction and target [C, H, W]. Edge values are NaN when the band is empty.
+
+    ``seam``: the prediction's ``seam_contrast`` at the low-resolution cells (``factor`` pixels)
+    over the target's at the same positions: 1.0 when the output steps at cell boundaries no
+    more than the real features do, above 1 for a visible grid (NaN without ``factor``).
+    ``variance``: the prediction's variance over pixels, channel by channel, averaged, over the
+    target's: below 1 when the output is smoothed toward the local mean (shrunk).
+    """
     prediction, target = prediction.double(), target.double()
     squared = (prediction - target).square().mean(0)
     cosine = F.cosine_similarity(prediction, target, dim=0, eps=1e-12)
@@ -41,4 +66,6 @@ def reconstruction_metrics(prediction: torch.Tensor, target: torch.Tensor, band:
         "edge_mse": float("nan") if empty else float(squared[band].mean()),
         "edge_cosine": float("nan") if empty else float(cosine[band].mean()),
         "edge_fraction": float(band.double().mean()),
+        "seam": float("nan") if not factor else seam_contrast(prediction, factor) / seam_contrast(target, factor),
+        "variance": float(prediction.flatten(1).var(1).mean() / target.flatten(1).var(1).mean().clamp(min=1e-300)),
     }

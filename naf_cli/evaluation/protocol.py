@@ -17,7 +17,7 @@ from naf_cli.evaluation.pairs import feature_pair, target_image
 from naf_cli.images import load_image
 from naf_cli.modeling import Upsampler
 
-METRICS = ("mse", "edge_mse", "cosine", "edge_cosine")
+METRICS = ("mse", "edge_mse", "cosine", "edge_cosine", "seam", "variance")
 # the untrained NAF is this seed's initialisation
 UNTRAINED_SEED = 0
 # the rows every NAF checkpoint must beat: the registry's training-free upsamplers and the untrained NAF
@@ -94,6 +94,6 @@ def evaluate(photos: Sequence[Path], backbone: Backbone, methods: Sequence[Metho
             band = edge_band(image, grid).to(device)
             for method in methods:
                 prediction = method.upsampler(batch, low, grid)
-                scores[(factor, method.name)].add(reconstruction_metrics(prediction[0], target[0], band))
+                scores[(factor, method.name)].add(reconstruction_metrics(prediction[0], target[0], band, factor))
         advance(path.name)
     return Evaluation(list(scores.values()), too_small)
