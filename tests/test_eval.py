@@ -83,7 +83,7 @@ def test_seam_and_variance_measures_against_their_definitions():
     assert math.isclose(scores["variance"], variance, rel_tol=1e-6)
     # nearest upsampling is constant inside cells: every step is at a boundary, an extreme grid
     blocky = torch.randn(3, 3, 4).repeat_interleave(2, 1).repeat_interleave(2, 2)
-    assert math.isinf(seam_contrast(blocky, 2)) or seam_contrast(blocky, 2) > 1e6
+    assert math.isinf(seam_contrast(blocky, 2))
     smooth = (torch.arange(8.0)[None, :] + torch.arange(6.0)[:, None]).expand(3, 6, 8) / 10  # one step everywhere: no grid
     assert math.isclose(seam_contrast(smooth, 2), 1.0, rel_tol=1e-5)
     assert math.isnan(reconstruction_metrics(prediction, target, torch.zeros(6, 8, dtype=torch.bool))["seam"])

@@ -54,10 +54,11 @@ class Score:
         return self.sums[key] / self.counts[key] if self.counts[key] else float("nan")
 
     def as_dict(self) -> dict[str, object]:
-        # null, not NaN (which is not JSON), for a metric no photo had (an edge band that is empty)
+        # null, not NaN or inf (which are not JSON), for a metric no photo had (an edge band that is
+        # empty) or one without a finite value (the seam of nearest, constant inside its cells)
         means = {key: self.mean(key) for key in METRICS}
         return {"factor": self.factor, "method": self.method, "images": self.images,
-                **{key: None if math.isnan(value) else value for key, value in means.items()}}
+                **{key: value if math.isfinite(value) else None for key, value in means.items()}}
 
 
 @dataclass
