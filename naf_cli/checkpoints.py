@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,6 +29,7 @@ from naf_cli.weight_files import describe_mismatch, read_state_dict, shorten
 DEFAULT_CHECKPOINT = "naf-effnet-lite0-lite1.safetensors"
 CHECKPOINT_FIX = "pass a checkpoint name (naf models), a NAF weights file (.safetensors or .pth) or a URL"
 RELEASE_URL = "https://github.com/valeoai/NAF/releases/download/model/naf_release.pth"
+FETCH_TIMEOUT = 60.0  # seconds without an answer before a download is given up
 # NAF constructor parameters a checkpoint's metadata may set
 ARCHITECTURE_KEYS = ("dim", "num_heads", "kernel_size", "num_blocks", "context_kernel")
 
@@ -47,11 +49,12 @@ class CheckpointEntry:
 
 
 CHECKPOINTS: dict[str, CheckpointEntry] = {entry.name: entry for entry in (
-    CheckpointEntry(DEFAULT_NAF, "the default: trained here from scratch on lite0 and lite1 features at x2 "
-                    "and x4 (second stage, 8000 CPU steps, training photos only)", file=DEFAULT_CHECKPOINT, card="naf-effnet-lite0-lite1.md"),
+    CheckpointEntry(DEFAULT_NAF, "trained here from scratch on lite0 and lite1 features at x2 and x4 (second "
+                    "stage, 8000 CPU steps, training photos only); what auto picks for EfficientNets and CNNs, and load_naf()'s default", file=DEFAULT_CHECKPOINT, card="naf-effnet-lite0-lite1.md"),
     CheckpointEntry("effnet-lite0", "trained here at x2 only on effnet-lite0 features (CPU, 1200 steps): best at x2",
                     file="naf-effnet-lite0.safetensors", card="naf-effnet-lite0.md"),
-    CheckpointEntry("release", "the official NAF weights (valeoai/NAF), fetched on first use into the torch hub cache",
+    CheckpointEntry("release", "the official NAF weights (valeoai/NAF), trained by its authors on DINOv3 ViT-B/16 features; "
+                    "what auto picks for ViTs; fetched on first use into the torch hub cache",
                     url=RELEASE_URL),
     CheckpointEntry("mixed", "naf denoise's default: the restoration variant (kernel 15) trained here on Gaussian, "
                     "salt-and-pepper and mixed noise", file="naf-denoise-mixed.safetensors", card="naf-denoise.md", task="denoise"),
@@ -63,20 +66,32 @@ def packaged_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
     return package_file(name)
 
 
-def fetch(url: str) -> Path:
-    """The file at ``url`` in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), fetched the first time."""
+def cached_path(url: str) -> Path:
+    """Where ``fetch`` keeps the file of ``url``: the torch hub cache (``$TORCH_HOME/hub/checkpoints``)."""
     name = os.path.basename(urlparse(url).path)
     if not name:
         raise WeightsError(f"{url} does not name a file; fix: {CHECKPOINT_FIX}")
-    target = Path(torch.hub.get_dir()) / "checkpoints" / name
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def fetch(url: str, named: bool = False) -> Path:
+    """The file at ``url`` in the torch hub cache, fetched the first time. ``named``: a registry
+    entry's URL, whose fix also offers the shipped weights."""
+    target = cached_path(url)
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(FETCH_TIMEOUT)  # urllib waits forever on a network that drops packets
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(target), progress=False)
     except Exception as err:  # urllib raises many types for network and HTTP errors
-        raise WeightsError(f"cannot fetch {url} ({shorten(f'{type(err).__name__}: {err}', 120)}); fix: connect to the "
-                           f"internet, or fetch it elsewhere and pass --checkpoint FILE") from err
+        fix = (f"connect to the internet once (the file is then kept), or copy {target.name} into {target.parent} from "
+               f"a machine that has it, or pass --checkpoint {DEFAULT_NAF} (the shipped weights)" if named else
+               "connect to the internet, or fetch it elsewhere and pass --checkpoint FILE")
+        raise WeightsError(f"cannot fetch {url} ({shorten(f'{type(err).__name__}: {err}', 120)}); fix: {fix}") from err
+    finally:
+        socket.setdefaulttimeout(previous)
     return target
 
 
@@ -85,9 +100,12 @@ def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
     if checkpoint is None:
         return packaged_checkpoint()
     text = str(checkpoint)
+    if text == "auto":
+        raise WeightsError("--checkpoint auto depends on the backbone and is resolved by "
+                           "naf_cli.checkpoint_choice.resolve_auto; fix: resolve it first, or pass a checkpoint name (naf models)")
     entry = CHECKPOINTS.get(text)
     if entry is not None:
-        return packaged_checkpoint(entry.file) if entry.file else fetch(entry.url)
+        return packaged_checkpoint(entry.file) if entry.file else fetch(entry.url, named=True)
     if "://" in text:
         return fetch(text)
     return Path(text)
@@ -120,12 +138,16 @@ def architecture(path: Path) -> dict[str, int]:
     return {key: int(values[key]) for key in ARCHITECTURE_KEYS if key in values}
 
 
-def load_naf(path: str | Path | None = None, kernel_size: int | None = None, device: str | torch.device = "cpu") -> NAF:
+def load_naf(path: str | Path | None = None, kernel_size: int | None = None, device: str | torch.device = "cpu",
+             backbone: str | None = None) -> NAF:
     """A NAF in eval mode with the weights of ``path`` (a registry name, a URL or a file; default:
-    the shipped checkpoint), loaded strictly. The architecture comes from the file's metadata
-    (``kernel_size`` overrides it); files without one are the reference layout (kernel 9)."""
-    path = resolve_checkpoint(path)
-    return _load(path, "upsample", kernel_size, device)
+    the shipped checkpoint; ``"auto"``: the weights that suit ``backbone``, see
+    ``naf_cli.checkpoint_choice``), loaded strictly. The architecture comes from the file's
+    metadata (``kernel_size`` overrides it); files without one are the reference layout (kernel 9)."""
+    from naf_cli.checkpoint_choice import resolve_auto
+
+    name, _ = resolve_auto(str(path) if path is not None else None, backbone)
+    return _load(resolve_checkpoint(name), "upsample", kernel_size, device)
 
 
 def _load(path: Path, task: str, kernel_size: int | None, device: str | torch.device) -> NAF:

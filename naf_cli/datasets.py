@@ -48,13 +48,14 @@ class UpsamplingDataset(Dataset):
 
     Storage stays at low resolution; the upsampler (loaded once per worker process, by name)
     runs in the loader, guided by each photo (found by ``source_path`` or under ``image_root``).
+    ``checkpoint``: NAF's weights; ``auto`` picks them for the file's backbone (``naf models``).
     ``memory_limit``: bytes one forward may use (default: what is available); a NAF output
     that needs more is computed band by band and assembled. Items: ``{"name", "features":
     [C, H, W] float32, "output_size": (H, W)}``.
     """
 
     def __init__(
-        self, path: Path | str, upsampler: str = "naf", checkpoint: Path | None = None,
+        self, path: Path | str, upsampler: str = "naf", checkpoint: Path | str | None = "auto",
         output_size: OutputSize = OutputSize(), image_root: Path | None = None, memory_limit: int | None = None,
     ) -> None:
         self.file = FeatureFile(path)
@@ -71,10 +72,14 @@ class UpsamplingDataset(Dataset):
 
     def _upsample(self) -> UpsampleFeatures:
         if self._transform is None:
+            from naf_cli.checkpoint_choice import resolve_auto
             from naf_cli.pipeline.transforms import UpsampleFeatures
             from naf_cli.upsamplers import load_upsampler
 
-            upsampler, info = load_upsampler(self.upsampler_name, self.checkpoint)
+            checkpoint = self.checkpoint
+            if self.upsampler_name == "naf":
+                checkpoint, _ = resolve_auto(None if checkpoint is None else str(checkpoint), str(self.file.attrs.get("backbone", "")))
+            upsampler, info = load_upsampler(self.upsampler_name, checkpoint)
             self._transform = UpsampleFeatures(upsampler, info, self.output_size, self.memory_limit)
         return self._transform
 

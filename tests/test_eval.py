@@ -105,6 +105,7 @@ def test_naf_eval_bilinear_row_matches_an_independent_computation(two_photos):
     assert {"nearest", "bilinear", "bicubic", "jbu", "jbf", "naf (untrained)", "naf (default)"} == {m for m, _ in rows}
     assert rows[("bilinear", 2)]["images"] == 2 and rows[("bilinear", 4)]["images"] == 1  # chelsea is too small for x4
     assert "chelsea.jpg" in result.stderr and "x4 leaves out 1 photo" in result.stderr
+    assert report["default_checkpoint"] == "effnet-lite0-lite1" and "checkpoint auto: effnet-lite0-lite1" in result.stderr
 
     from naf_cli.backbones import load_backbone
 

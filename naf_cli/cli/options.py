@@ -30,8 +30,9 @@ BackbonePrecision = Annotated[
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
 Checkpoint = Annotated[
     Optional[str],
-    typer.Option("--checkpoint", help=f"NAF weights: a name of `naf models` ({DEFAULT_NAF}, effnet-lite0, release), a file "
-                 f"(.safetensors or .pth) or a URL (fetched once into the torch hub cache); default: {DEFAULT_NAF}."),
+    typer.Option("--checkpoint", help=f"NAF weights: auto (the official release weights for ViTs: dinov2*, dinov3*, siglip2*, "
+                 f"radio*, timm ViTs; {DEFAULT_NAF} for EfficientNets and other CNNs), a name of `naf models` ({DEFAULT_NAF}, "
+                 f"effnet-lite0, release), a file (.safetensors or .pth) or a URL (fetched once into the torch hub cache)."),
 ]
 LongSide = Annotated[int, typer.Option("--long-side", help="Long side of the backbone input in pixels (sides rounded to the patch size).")]
 Glob = Annotated[

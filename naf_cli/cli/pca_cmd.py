@@ -14,6 +14,7 @@ from naf_cli.defaults import DEFAULT_VFM
 if TYPE_CHECKING:
     import torch
 
+    from naf_cli.pipeline.seams import Progress
     from naf_cli.pipeline.transforms import UpsampleFeatures
 
 
@@ -33,7 +34,7 @@ def pca(
     fit_images: Annotated[int, typer.Option("--fit-images", help="Images the basis is fitted on (a seeded sample).")] = 32,
     samples: Annotated[int, typer.Option("--samples", help="Low-res feature vectors sampled from each of them.")] = 4096,
     height: Annotated[int, typer.Option("--height", help="Height of every panel in the picture, in pixels.")] = 448,
-    checkpoint: Checkpoint = None,
+    checkpoint: Checkpoint = "auto",
     image_root: ImageRoot = None,
     vfm_weights: VfmWeights = None,
     long_side: LongSide = 448,
@@ -71,9 +72,11 @@ def pca(
     if files:
         from naf_cli.features import FeatureFile
 
-        upsamplers = _upsamplers(upsampler or [], checkpoint, target, scale)
+        opened = [FeatureFile(p) for p in files]
+        backbone = str(opened[0].attrs.get("backbone", ""))
+        upsamplers = _upsamplers(upsampler or [], checkpoint, backbone, target, scale, progress)
         with closing(progress):
-            written, attempted = pca_from_files([FeatureFile(p) for p in files], upsamplers, sink, settings, image_root, progress,
+            written, attempted = pca_from_files(opened, upsamplers, sink, settings, image_root, progress,
                                      _device(target))
     else:
         from naf_cli.backbones import load_backbone
@@ -81,7 +84,8 @@ def pca(
         from naf_cli.pipeline.transforms import ExtractFeatures
 
         extract = ExtractFeatures(load_backbone(vfm, vfm_weights, target), long_side)
-        upsamplers = _upsamplers(upsampler if upsampler is not None else ["naf", "bilinear"], checkpoint, target, scale)
+        upsamplers = _upsamplers(upsampler if upsampler is not None else ["naf", "bilinear"], checkpoint, vfm, target, scale,
+                                 progress)
         with closing(progress):
             written, attempted = pca_from_images(ImageSource(paths), extract, upsamplers, sink, settings, progress)
     print(f"wrote {len(written)} PCA picture{'s' if len(written) != 1 else ''} to {output}")
@@ -95,11 +99,17 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _upsamplers(names: list[str], checkpoint: Optional[str], device: str, scale: float) -> list[tuple[str, UpsampleFeatures]]:
+def _upsamplers(names: list[str], checkpoint: Optional[str], backbone: str, device: str, scale: float,
+                progress: Progress) -> list[tuple[str, UpsampleFeatures]]:
+    from naf_cli.checkpoint_choice import resolve_auto
     from naf_cli.pipeline.sizes import OutputSize
     from naf_cli.pipeline.transforms import UpsampleFeatures
     from naf_cli.upsamplers import load_upsampler
 
+    if "naf" in names:
+        checkpoint, choice = resolve_auto(checkpoint, backbone)
+        if choice is not None:
+            progress.warn(choice.line())
     made = []
     for name in names:
         model, info = load_upsampler(name, checkpoint, device)

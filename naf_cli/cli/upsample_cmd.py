@@ -45,7 +45,7 @@ def upsample(
         "--scale", help="With --output-size grid: output = feature grid x scale (16 = backbone input size for patch 16). \\[default: 16]",
         show_default=False,
     )] = None,
-    checkpoint: Checkpoint = None,
+    checkpoint: Checkpoint = "auto",
     image_root: ImageRoot = None,
     vfm_weights: VfmWeights = None,
     layer: Layer = None,

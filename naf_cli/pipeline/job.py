@@ -51,7 +51,7 @@ class UpsampleSpec:
     """
 
     upsampler: str = "naf"
-    checkpoint: str | None = None
+    checkpoint: str | None = "auto"
     output_size: str = "grid"
     scale: float | None = None
     image_root: Path | None = None
@@ -114,7 +114,7 @@ class Pipeline:
     before the run, each input's output shape (``output_shape(name)``, None when its header
     cannot be read) and what would make the output smaller; for ``--pca``, the features'
     ``channels``, how to get an input's low-resolution features (``low_res``) and the basis
-    ``--pca-basis`` gives."""
+    ``--pca-basis`` gives; ``notices``, e.g. which weights ``--checkpoint auto`` chose."""
 
     source: ImageSource
     transform: Transform
@@ -124,6 +124,7 @@ class Pipeline:
     channels: int = 0
     low_res: Callable[[str], torch.Tensor | None] | None = None
     given_basis: GivenBasis | None = None
+    notices: tuple[str, ...] = ()  # said once the run has started (after every check that may refuse it)
 
 
 @dataclass(frozen=True)
@@ -250,14 +251,14 @@ def _build(spec: JobSpec, split: Split, rule: OutputSize | None, limit: int | No
         smaller = ["--out-dtype float16"] if spec.out_dtype == "float32" else []
         return Pipeline(source, extract, f"{name} features", _output_shapes(paths, grid, None, channels, True),
                         [*smaller, "a smaller --long-side"])
-    upsampler, info = _upsampler(upsample, models, device)
+    upsampler, info, notices = _upsampler(upsample, models, device, name)
     upsampler.check_channels(channels)
     _check_memory(spec, upsampler, channels, patch, rule, limit, device)
     transform = ExtractAndUpsample(extract, UpsampleFeatures(upsampler, info, rule, limit))
     given = _given_basis(upsample, channels, transform.file_attrs())
     return Pipeline(source, transform, f"{name} + {info.name} ({rule.describe()})",
                     _output_shapes(paths, grid, rule, _stored_channels(upsample, given, channels), True),
-                    _smaller_upsampled(spec, channels), channels, lambda n: _image_features(extract, paths[n]), given)
+                    _smaller_upsampled(spec, channels), channels, lambda n: _image_features(extract, paths[n]), given, notices)
 
 
 def _output_shapes(paths: Mapping[str, Path], grid: Callable[[str, tuple[int, int]], tuple[int, int] | None],
@@ -358,13 +359,17 @@ def _smaller_upsampled(spec: JobSpec, channels: int) -> list[str]:
             "naf extract (low resolution) with naf_cli.datasets.UpsamplingDataset to upsample when read"]
 
 
-def _upsampler(upsample: UpsampleSpec, models: LoadedModels | None, device: str) -> tuple[Upsampler, UpsamplerInfo]:
-    """The caller's upsampler when it gave one, else the one ``upsample`` names, loaded."""
+def _upsampler(upsample: UpsampleSpec, models: LoadedModels | None, device: str,
+               backbone: str) -> tuple[Upsampler, UpsamplerInfo, tuple[str, ...]]:
+    """The caller's upsampler when it gave one, else the one ``upsample`` names, loaded
+    (``--checkpoint auto``: the weights that suit ``backbone``; the choice is the notice returned)."""
+    from naf_cli.checkpoint_choice import resolve_auto
     from naf_cli.upsamplers import UpsamplerInfo, load_upsampler
 
     if models is not None and models.upsampler is not None:
-        return models.upsampler, models.upsampler_info or UpsamplerInfo(type(models.upsampler).__name__.lower())
-    return load_upsampler(upsample.upsampler, upsample.checkpoint, device)
+        return models.upsampler, models.upsampler_info or UpsamplerInfo(type(models.upsampler).__name__.lower()), ()
+    checkpoint, choice = resolve_auto(upsample.checkpoint, backbone) if upsample.upsampler == "naf" else (None, None)
+    return (*load_upsampler(upsample.upsampler, checkpoint, device), (choice.line(),) if choice else ())
 
 
 def _check_memory(spec: JobSpec, upsampler: Upsampler, channels: int, patch_size: int, rule: OutputSize, limit: int | None,
@@ -407,7 +412,7 @@ def _upsample_stored(spec: JobSpec, path: Path, device: str, rule: OutputSize, l
     items = [InputItem(name, source_image_path(stored, name, upsample.image_root)) for name in stored]
     source = ImageSource.of(items, upsample.image_root or Path(str(stored.attrs.get("source_root", path.parent))))
     paths = {item.name: item.path for item in source}
-    upsampler, info = _upsampler(upsample, models, device)
+    upsampler, info, notices = _upsampler(upsample, models, device, str(stored.attrs.get("backbone", "")))
     channels = int(stored.dataset(stored.names[0]).shape[0])
     upsampler.check_channels(channels)
     transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule, limit))
@@ -428,7 +433,7 @@ def _upsample_stored(spec: JobSpec, path: Path, device: str, rule: OutputSize, l
     given = _given_basis(upsample, channels, transform.file_attrs())
     return Pipeline(source, transform, f"{path.name} + {info.name} ({rule.describe()})",
                     _output_shapes(paths, grid, rule, _stored_channels(upsample, given, channels), rule.mode == "image"),
-                    _smaller_upsampled(spec, channels), channels, low_res, given)
+                    _smaller_upsampled(spec, channels), channels, low_res, given, notices)
 
 
 def _run(spec: JobSpec, split: Split, pipeline: Pipeline, sink: HDF5FeatureSink, reporter: Progress) -> RunSummary:
@@ -440,7 +445,7 @@ def _run(spec: JobSpec, split: Split, pipeline: Pipeline, sink: HDF5FeatureSink,
     run_attrs = {"command": spec.command} if spec.command else None
     return run_pipeline(source, transform, sink, reporter, strict=spec.strict, run_attrs=run_attrs,
                         description=pipeline.description, workers=spec.workers, batch_size=spec.batch_size,
-                        partition=split.partition)
+                        partition=split.partition, notices=pipeline.notices)
 
 
 def _say_size(spec: JobSpec, split: Split, pipeline: Pipeline, reporter: Progress) -> None:

@@ -74,6 +74,8 @@ class Difference:
 
     def advice(self) -> str:
         """More to the fix when the difference has a cause of its own (empty otherwise)."""
+        if self.key.endswith("checkpoint_sha256"):
+            return "; the parts used other NAF weights: pass the same --checkpoint to every part (naf info names each one's)"
         if self.key.endswith("pca_sha256"):
             return ("; the same --pca options fitted different bases (machines whose arithmetic differs in the last "
                     "bits): fit it once and pass --pca-basis FILE (that output) to every part")
@@ -185,6 +187,10 @@ def agree(output: Path, catalog: ShardCatalog, wanted: dict[str, object], partit
         written = "with --pca" if difference.mine is None else "without --pca"
         raise OutputError(f"{output} was written {written}, this run is not; fix: rerun with the same --pca options to "
                           f"resume, or {again}")
+    if difference.key == "checkpoint_sha256":
+        raise OutputError(f"{output} was written with other NAF weights (sha256 {str(difference.theirs)[:12]}, this run's "
+                          f"{str(difference.mine)[:12]}); fix: rerun with the --checkpoint it used to resume (naf info "
+                          f"{output} names it; auto picks by backbone), or {again}")
     raise OutputError(f"{output} was written with {difference.key}={difference.theirs!r}, this run has "
                       f"{difference.key}={difference.mine!r}; fix: rerun with the same options to resume, or {again}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +95,7 @@ def run_pipeline(
     workers: int | None = None,
     batch_size: int = 1,
     partition: Partition = Partition(),
+    notices: Sequence[str] = (),
 ) -> RunSummary:
     """Run ``transform`` over every input of ``source`` into ``sink``; returns the summary.
 
@@ -105,7 +106,8 @@ def run_pipeline(
 
     With ``partition`` (part I of N), this process takes every N-th batch group and writes
     its own shards of the same output; the run is complete when every part has finished
-    (``summary.status``), whatever process finishes last.
+    (``summary.status``), whatever process finishes last. ``notices`` are said once the output
+    has accepted the run (after the sink's own).
     """
     check_batch_size(batch_size)
     make_current(transform.device)
@@ -120,7 +122,7 @@ def run_pipeline(
     try:
         sink.begin({"kind": transform.kind, "source_root": str(source.root), **transform.file_attrs(), **(run_attrs or {})},
                    names=[item.name for item in source], arrays=transform.file_arrays())
-        for notice in sink.notices:
+        for notice in (*sink.notices, *notices):
             progress.warn(notice)
         summary.resumed = sum(item.name in already_done for item in mine)
         # progress counts the work left, so its rate and time left are this run's
