@@ -1,4 +1,6 @@
 import csv
+import json
+import shutil
 
 import pytest
 import torch
@@ -9,6 +11,13 @@ from naf_cli.checkpoints import load_naf
 from naf_cli.cli.app import app
 from naf_cli.training import TrainConfig, train
 from naf_cli.training.steps import learning_rate
+
+
+def safe_open_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return dict(handle.metadata())
 
 runner = CliRunner()
 
@@ -123,6 +132,12 @@ def test_max_minutes_stops_at_a_step_and_chunks_resume_to_the_uninterrupted_resu
     assert straight.stdout.strip() == str(tmp_path / "straight" / "naf.safetensors")
     chunked = tmp_path / "chunked"
     for call in range(1, 4):
+        if call == 3:  # the run's folder moves, as a folder committed to a repository and cloned on another machine does
+            moved = tmp_path / "clone" / "chunked"
+            moved.parent.mkdir()
+            shutil.copytree(chunked, moved)
+            shutil.rmtree(chunked)
+            chunked = moved
         result = runner.invoke(app, [*args, "-o", str(chunked), "--max-minutes", "1e-6"])
         assert result.exit_code == 0, result.stderr
         if call < 3:  # stopped after one step: state saved, no final weights, nothing on stdout
@@ -135,6 +150,12 @@ def test_max_minutes_stops_at_a_step_and_chunks_resume_to_the_uninterrupted_resu
     for key, value in load_file(tmp_path / "straight" / "naf.safetensors").items():
         torch.testing.assert_close(done[key], value, rtol=0, atol=1e-6)
     assert len((chunked / "loss.csv").read_text().splitlines()) == 4  # header and steps 1-3, each once
+    # every call is a session, recorded beside the state and in the final weights
+    sessions = json.loads((chunked / "sessions.json").read_text())
+    assert [(one["from_step"], one["to_step"]) for one in sessions] == [(0, 1), (1, 2), (2, 3)]
+    assert all(one["host"] and one["cpu"] and one["torch"] == torch.__version__ and one["step_seconds"] >= 0 for one in sessions)
+    assert json.loads(safe_open_metadata(chunked / "naf.safetensors")["sessions"]) == sessions
+    assert "(session 3)" in result.stderr
     bad = runner.invoke(app, [*args, "-o", str(tmp_path / "bad"), "--max-minutes", "0"])
     assert bad.exit_code == 2 and "--max-minutes 0 must be positive" in bad.stderr
     bad = runner.invoke(app, [*args, "-o", str(tmp_path / "bad"), "--lr-schedule", "step"])
@@ -158,6 +179,7 @@ def test_cosine_schedule_runs_from_lr_to_zero():
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--lr", "0"], "--lr must be a finite number above 0"),
     (["--validate-every", "-1"], "--validate-every must be 0 (never) or more"),
+    (["--validation-factor", "16"], "--validation-factor 16 is not part of naf eval's protocol; fix: use 2, 4, 8"),
 ])
 def test_nonsense_training_options_are_refused_before_anything_is_written(tmp_path, examples_dir, args, words):
     result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), *args])

@@ -36,6 +36,9 @@ def train(
         "--split", help="JSON with train and validation file lists (e.g. models/photo-split.json): train on the first, "
         "validate on the second.")] = None,
     validate_every: Annotated[int, typer.Option(help="Steps between validations with naf eval's protocol (0: never).")] = 0,
+    validation_factor: Annotated[Optional[list[int]], typer.Option(
+        "--validation-factor", help="Factors of naf eval's protocol the validation scores (2, 4 or 8; e.g. "
+        "--validation-factor 2 4 8). \\[default: 2 4]", show_default=False)] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from these NAF weights (a new run only).")] = None,
     lr_schedule: Annotated[str, typer.Option(
         "--lr-schedule", help="constant, or cosine: from --lr down to 0 at the last step (a function of the step, "
@@ -53,8 +56,8 @@ def train(
 ) -> None:
     """Train NAF by feature reconstruction (MSE, AdamW), or as a denoiser; resumes from OUT_DIR/train_state.pt.
 
-    Keep OUT_DIR outside the source tree (e.g. ~/.cache/naf-train/RUN) so a run survives
-    a fresh checkout.
+    Each call is a session (OUT_DIR/sessions.json). To survive a change of machine, keep
+    OUT_DIR in the repository (training-runs/NAME) and commit it at the end of a session.
     """
     from naf_cli.devices import resolve_device
     from naf_cli.errors import OptionError
@@ -82,8 +85,9 @@ def train(
     if task == "denoise":
         from naf_cli.training.denoise_loop import DenoiseConfig, train_denoiser
 
-        if also_vfm or factor or vfm_weights or vfm != DEFAULT_VFM:
-            raise OptionError("--vfm, --vfm-weights, --also-vfm and --factor are for --task upsample; fix: leave them out")
+        if also_vfm or factor or validation_factor or vfm_weights or vfm != DEFAULT_VFM:
+            raise OptionError("--vfm, --vfm-weights, --also-vfm, --factor and --validation-factor are for --task upsample; "
+                              "fix: leave them out")
         denoise = DenoiseConfig(
             images=str(images), out_dir=str(out_dir), kinds=tuple(noise or DenoiseConfig.kinds), steps=steps,
             batch_size=batch_size, lr=lr, crop=crop or 64, checkpoint_every=checkpoint_every, seed=seed,
@@ -105,6 +109,7 @@ def train(
         bf16=bf16, exclude=tuple(exclude or ()), extra_backbones=tuple(also_vfm or ()), factors=tuple(factor or (2,)),
         split=str(split) if split else None, validate_every=validate_every, init=str(init) if init else None,
         max_minutes=max_minutes, lr_schedule=lr_schedule,
+        validation_factors=tuple(validation_factor or TrainConfig.validation_factors),
     )
     run_training(config, log=lambda line: print(line, file=sys.stderr))
     _report(out_dir, steps)

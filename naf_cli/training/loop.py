@@ -17,7 +17,7 @@ from naf_cli.backbones import Backbone, load_backbone
 from naf_cli.checkpoints import load_naf, save_naf
 from naf_cli.defaults import DEFAULT_VFM
 from naf_cli.errors import OptionError
-from naf_cli.evaluation.pairs import feature_pair
+from naf_cli.evaluation.pairs import BASE_CELLS, feature_pair
 from naf_cli.modeling.naf import NAF
 from naf_cli.training.curve import draw_curves
 from naf_cli.training.data import RandomCrops
@@ -72,6 +72,10 @@ def _check(config: TrainConfig) -> None:
     for factor in (*config.factors, *config.validation_factors):
         if factor < 2:
             raise OptionError(f"factor {factor}: training factors must be 2 or more")
+    unknown = [f for f in config.validation_factors if f not in BASE_CELLS]
+    if unknown:
+        raise OptionError(f"--validation-factor {unknown[0]} is not part of naf eval's protocol; fix: use "
+                          f"{', '.join(map(str, BASE_CELLS))}")
     if config.crop % (16 * max(config.factors)):
         raise OptionError(f"--crop {config.crop} must be a multiple of 16 x the largest factor ({max(config.factors)}); "
                           f"fix: e.g. --crop {16 * max(config.factors) * 8}")
@@ -147,16 +151,17 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
             score = validator.score(model, run.step)
             if score < run.best:
                 run.best = score
-                save_naf(model, out_dir / BEST_FILE, _metadata(config, run.step, run.elapsed, teachers, run.best))
+                save_naf(model, out_dir / BEST_FILE, _metadata(config, run, teachers))
             log(f"step {run.step}: validation mean MSE {score:.4f} (best {run.best:.4f})")
             draw_curves(out_dir / LOSS_FILE, out_dir / VALIDATION_FILE, out_dir / CURVE_FILE)
 
     if run_steps(run, config.steps, config.checkpoint_every, take_step, ["teacher", "factor"], log, validate,
                  config.validate_every, None if config.max_minutes is None else 60 * config.max_minutes, config.lr, config.lr_schedule):
-        save_naf(model, out_dir / FINAL_FILE, _metadata(config, run.step, run.elapsed, teachers, run.best))
+        save_naf(model, out_dir / FINAL_FILE, _metadata(config, run, teachers))
     return model.eval()
 
 
-def _metadata(config: TrainConfig, step: int, elapsed: float, teachers: list[Backbone], best: float) -> dict[str, str]:
-    return {"config": json.dumps(asdict(config)), "steps": str(step), "elapsed_s": f"{elapsed:.0f}",
-            "backbone": ",".join(t.info.name for t in teachers), "validation_best_mse": f"{best:.5f}"}
+def _metadata(config: TrainConfig, run: TrainingRun, teachers: list[Backbone]) -> dict[str, str]:
+    return {"config": json.dumps(asdict(config)), "steps": str(run.step), "elapsed_s": f"{run.elapsed:.0f}",
+            "backbone": ",".join(t.info.name for t in teachers), "validation_best_mse": f"{run.best:.5f}",
+            "sessions": json.dumps(run.sessions)}

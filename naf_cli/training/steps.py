@@ -4,16 +4,23 @@ A task (feature reconstruction, denoising) supplies one optimiser step and, opti
 validation; this module counts the steps and their time, appends ``loss.csv``, calls the
 validation every N steps and saves ``train_state.pt`` (weights, optimiser, data generator,
 torch's RNG, step, step time, best score) so that a resumed run continues the same sequence.
+Each call that starts or resumes the run is a session, recorded in the state and in
+``sessions.json`` (from and to which step, when, on which machine): a run moved between
+machines (its folder committed to a repository, say) says where each part of it ran.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import os
+import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -27,6 +34,7 @@ VALIDATION_FILE = "validation.csv"
 BEST_FILE = "best.safetensors"
 CURVE_FILE = "curves.png"
 FINAL_FILE = "naf.safetensors"  # the weights after the last step, written when every step is done
+SESSIONS_FILE = "sessions.json"
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -85,10 +93,21 @@ def saved_step(out_dir: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["step"]) if path.exists() else 0
 
 
+def new_session(step: int, device: str) -> dict[str, object]:
+    """A session starting at ``step``: when, where (host, CPU, cores, device) and with which torch."""
+    from naf_cli.bench.machine import cpu_model_and_flags
+
+    cpu, flags = cpu_model_and_flags()
+    return {"from_step": step, "to_step": step, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "step_seconds": 0.0, "host": platform.node(), "cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(),
+            "device": device, "torch": torch.__version__}
+
+
 @dataclass
 class TrainingRun:
     """The state of one run in ``out_dir``; ``best`` is the best validation score so far
-    (its sense, lower or higher is better, is the task's)."""
+    (its sense, lower or higher is better, is the task's); ``sessions``, one entry per call
+    that started or resumed it (``new_session``)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -97,6 +116,8 @@ class TrainingRun:
     best: float
     step: int = 0
     elapsed: float = 0.0
+    sessions: list[dict[str, object]] = field(default_factory=list)
+    _session_start: float = field(default=0.0, repr=False)  # ``elapsed`` when this session began
 
     @property
     def state_path(self) -> Path:
@@ -107,7 +128,9 @@ class TrainingRun:
 
         Read onto the CPU: the random-number states must stay CPU byte tensors, and loading the
         model's and optimizer's states copies them to the parameters' device."""
+        device = str(next(self.model.parameters()).device)
         if not self.state_path.exists():
+            self.sessions = [new_session(0, device)]
             return
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
@@ -116,14 +139,23 @@ class TrainingRun:
         torch.set_rng_state(state["torch_rng"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.best = float(state.get("best", self.best))
-        log(f"resumed from {self.state_path} at step {self.step}")
+        # states saved before sessions were recorded start with one of unknown origin
+        earlier = json.loads(state["sessions"]) if "sessions" in state else [{"from_step": 0, "to_step": self.step}]
+        self.sessions = [*earlier, new_session(self.step, device)]
+        self._session_start = self.elapsed
+        log(f"resumed from {self.state_path} at step {self.step} (session {len(self.sessions)})")
 
     def save(self) -> None:
+        if self.sessions:
+            self.sessions[-1].update(to_step=self.step, step_seconds=round(self.elapsed - self._session_start, 1))
+        sessions = json.dumps(self.sessions)
         save_state(self.state_path, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "step": self.step, "elapsed": self.elapsed, "best": self.best,
+            "step": self.step, "elapsed": self.elapsed, "best": self.best, "sessions": sessions,
         })
+        with replacing(self.out_dir / SESSIONS_FILE) as tmp:
+            tmp.write_text(json.dumps(self.sessions, indent=1) + "\n", encoding="utf-8")
 
 
 def run_steps(
