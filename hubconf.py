@@ -28,6 +28,4 @@ def naf(pretrained: bool = True, checkpoint: str | None = None, backbone: str | 
 
     if not pretrained:
         return NAF().eval()
-    if checkpoint is None and backbone is not None:
-        checkpoint = "auto"
     return load_naf(checkpoint, backbone=backbone)

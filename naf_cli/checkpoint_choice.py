@@ -17,7 +17,7 @@ AUTO = "auto"
 RELEASE = "release"
 # timm modules whose models are plain ViTs (patch tokens at one stride)
 VIT_MODULES = frozenset({"vision_transformer", "vision_transformer_hybrid", "vision_transformer_relpos",
-                         "vision_transformer_sam", "deit", "eva", "beit", "naflexvit"})
+                         "vision_transformer_sam", "deit", "eva", "beit", "naflexvit", "cait", "xcit"})
 
 RELEASE_REASON = ("a ViT: the official NAF weights, trained by its authors on DINOv3 ViT-B/16 features and evaluated on "
                   "DINOv2, DINOv3, SigLIP2 and RADIO")
@@ -44,10 +44,12 @@ class CheckpointChoice:
 
 def backbone_family(backbone: str) -> str:
     """``vit``, ``effnet`` or ``other`` for a name of ``naf models`` or ``timm:MODEL``
-    (``unknown`` for any other name, e.g. a library caller's own backbone)."""
+    (``unknown`` for any other name, e.g. a library caller's own backbone, or none)."""
     from naf_cli.backbones.registry import get_spec
     from naf_cli.errors import UnknownNameError
 
+    if not backbone:
+        return "unknown"
     try:
         spec = get_spec(backbone)
     except UnknownNameError:
@@ -68,24 +70,23 @@ def choose_checkpoint(backbone: str) -> CheckpointChoice:
     if family == "vit":
         return CheckpointChoice(backbone, RELEASE, RELEASE_REASON)
     reasons = {"effnet": EFFNET_REASON, "other": OTHER_REASON, "unknown": UNKNOWN_REASON}
-    return CheckpointChoice(backbone, DEFAULT_NAF, reasons[family])
+    return CheckpointChoice(backbone or "features that do not name their backbone", DEFAULT_NAF, reasons[family])
 
 
-def resolve_auto(checkpoint: str | None, backbone: str | None) -> tuple[str | None, CheckpointChoice | None]:
+def resolve_auto(checkpoint: str | None, backbone: str | None, upsampler: str = "naf") -> tuple[str | None, CheckpointChoice | None]:
     """``checkpoint`` as it is, or for ``auto`` the name it resolves to for ``backbone`` and the
-    choice (to be said once). The chosen file is fetched here, so that a missing release says
-    which choice needed it."""
+    choice (to be said once); only ``naf`` takes weights (other upsamplers: ``(None, None)``).
+    The chosen file is fetched here, so that a missing release says which choice needed it."""
     from naf_cli.checkpoints import resolve_checkpoint
-    from naf_cli.errors import OptionError, WeightsError
+    from naf_cli.errors import WeightsError
 
+    if upsampler != "naf":
+        return None, None
     if checkpoint != AUTO:
         return checkpoint, None
-    if not backbone:
-        raise OptionError("--checkpoint auto picks weights by backbone, and the features do not name theirs; fix: "
-                          "pass --checkpoint NAME (naf models), a file or a URL")
-    choice = choose_checkpoint(backbone)
+    choice = choose_checkpoint(backbone or "")
     try:
         resolve_checkpoint(choice.checkpoint)
     except WeightsError as err:
-        raise WeightsError(f"--checkpoint auto picks {choice.checkpoint} for {backbone}: {err}") from err
+        raise WeightsError(f"--checkpoint auto picks {choice.checkpoint} for {choice.backbone}: {err}") from err
     return choice.checkpoint, choice

@@ -20,7 +20,7 @@ import torch
 
 from naf_cli.defaults import DEFAULT_DENOISER, DEFAULT_NAF
 from naf_cli.disk import replacing
-from naf_cli.errors import WeightsError
+from naf_cli.errors import OptionError, WeightsError
 from naf_cli.modeling.naf import NAF
 from naf_cli.modeling.restoration import Denoiser
 from naf_cli.package_files import package_file
@@ -101,8 +101,8 @@ def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
         return packaged_checkpoint()
     text = str(checkpoint)
     if text == "auto":
-        raise WeightsError("--checkpoint auto depends on the backbone and is resolved by "
-                           "naf_cli.checkpoint_choice.resolve_auto; fix: resolve it first, or pass a checkpoint name (naf models)")
+        raise WeightsError("--checkpoint auto picks upsampling weights by backbone and does not apply here; fix: pass a "
+                           "checkpoint name (naf models), a file or a URL")
     entry = CHECKPOINTS.get(text)
     if entry is not None:
         return packaged_checkpoint(entry.file) if entry.file else fetch(entry.url, named=True)
@@ -141,11 +141,16 @@ def architecture(path: Path) -> dict[str, int]:
 def load_naf(path: str | Path | None = None, kernel_size: int | None = None, device: str | torch.device = "cpu",
              backbone: str | None = None) -> NAF:
     """A NAF in eval mode with the weights of ``path`` (a registry name, a URL or a file; default:
-    the shipped checkpoint; ``"auto"``: the weights that suit ``backbone``, see
+    the shipped checkpoint, or ``"auto"`` when ``backbone`` is given: the weights that suit it, see
     ``naf_cli.checkpoint_choice``), loaded strictly. The architecture comes from the file's
     metadata (``kernel_size`` overrides it); files without one are the reference layout (kernel 9)."""
-    from naf_cli.checkpoint_choice import resolve_auto
+    from naf_cli.checkpoint_choice import AUTO, resolve_auto
 
+    if path is None and backbone is not None:
+        path = AUTO
+    if str(path) == AUTO and backbone is None:
+        raise OptionError("load_naf('auto') picks weights by backbone; fix: pass backbone= (e.g. 'dinov3-b'), or a "
+                          "checkpoint name (naf models), a file or a URL")
     name, _ = resolve_auto(str(path) if path is not None else None, backbone)
     return _load(resolve_checkpoint(name), "upsample", kernel_size, device)
 

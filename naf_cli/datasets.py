@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
+from naf_cli.checkpoint_choice import resolve_auto
 from naf_cli.features import FeatureFile
 from naf_cli.images import read_image
 from naf_cli.pipeline.sizes import OutputSize
@@ -48,7 +49,8 @@ class UpsamplingDataset(Dataset):
 
     Storage stays at low resolution; the upsampler (loaded once per worker process, by name)
     runs in the loader, guided by each photo (found by ``source_path`` or under ``image_root``).
-    ``checkpoint``: NAF's weights; ``auto`` picks them for the file's backbone (``naf models``).
+    ``checkpoint``: NAF's weights; ``auto`` picks them for the file's backbone (``naf models``;
+    the pick and its reason: ``checkpoint_choice``).
     ``memory_limit``: bytes one forward may use (default: what is available); a NAF output
     that needs more is computed band by band and assembled. Items: ``{"name", "features":
     [C, H, W] float32, "output_size": (H, W)}``.
@@ -61,7 +63,10 @@ class UpsamplingDataset(Dataset):
         self.file = FeatureFile(path)
         self.names = list(self.file)
         self.upsampler_name = upsampler
-        self.checkpoint = checkpoint
+        # auto is resolved here, in the caller's process (not in a loader's worker): a missing
+        # release fails at construction, and ``checkpoint_choice`` says what was picked and why
+        self.checkpoint, self.checkpoint_choice = resolve_auto(
+            None if checkpoint is None else str(checkpoint), str(self.file.attrs.get("backbone", "")), upsampler)
         self.output_size = output_size
         self.image_root = Path(image_root) if image_root is not None else None
         self.memory_limit = memory_limit
@@ -72,14 +77,10 @@ class UpsamplingDataset(Dataset):
 
     def _upsample(self) -> UpsampleFeatures:
         if self._transform is None:
-            from naf_cli.checkpoint_choice import resolve_auto
             from naf_cli.pipeline.transforms import UpsampleFeatures
             from naf_cli.upsamplers import load_upsampler
 
-            checkpoint = self.checkpoint
-            if self.upsampler_name == "naf":
-                checkpoint, _ = resolve_auto(None if checkpoint is None else str(checkpoint), str(self.file.attrs.get("backbone", "")))
-            upsampler, info = load_upsampler(self.upsampler_name, checkpoint)
+            upsampler, info = load_upsampler(self.upsampler_name, self.checkpoint)
             self._transform = UpsampleFeatures(upsampler, info, self.output_size, self.memory_limit)
         return self._transform
 

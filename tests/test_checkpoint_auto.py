@@ -45,8 +45,6 @@ def test_cnns_and_others_get_the_shipped_weights(backbone):
 def test_load_naf_without_arguments_keeps_the_shipped_weights_and_auto_needs_a_backbone():
     plain, shipped = load_naf(), load_naf(DEFAULT_NAF)
     assert all(torch.equal(plain.state_dict()[k], v) for k, v in shipped.state_dict().items())
-    with pytest.raises(OptionError, match="picks weights by backbone"):
-        load_naf("auto")
     assert resolve_auto("effnet-lite0", "dinov3-b") == ("effnet-lite0", None)  # a named checkpoint is kept
 
 
@@ -170,3 +168,48 @@ def test_naf_pca_picks_by_backbone(tmp_path, examples_dir, release_cache, dinov2
                                       "--vfm-weights", str(dinov2_weights), "--long-side", "112", "--scale", "2"])
     assert result.exit_code == 0, result.output
     assert result.stderr.count("checkpoint auto: release for dinov2-s") == 1 and (tmp_path / "pca" / "chelsea.png").is_file()
+
+
+def test_features_that_do_not_name_their_backbone_get_the_shipped_weights(tmp_path, examples_dir):
+    extract = CliRunner().invoke(app, ["extract", str(examples_dir), "-o", str(tmp_path / "lr.h5"), "--long-side", "112",
+                                       "--workers", "0"])
+    assert extract.exit_code == 0, extract.output
+    with h5py.File(tmp_path / "lr.h5", "r+") as f:  # written by another tool, say
+        del f.attrs["backbone"]
+    result = CliRunner().invoke(app, ["upsample", str(tmp_path / "lr.h5"), "-o", str(tmp_path / "hr.h5"), "--scale", "2",
+                                      "--image-root", str(examples_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"checkpoint auto: {DEFAULT_NAF} for features that do not name their backbone" in result.stderr
+    with h5py.File(tmp_path / "hr.h5") as f:
+        assert f.attrs["checkpoint"] == DEFAULT_NAF
+
+
+def test_load_naf_with_a_backbone_is_auto(release_cache):
+    release = torch.load(release_cache, weights_only=True)
+    vit = load_naf(backbone="dinov2-s")
+    assert all(torch.equal(vit.state_dict()[k], v) for k, v in release.items())
+    cnn, shipped = load_naf(backbone="timm:resnet18"), load_naf()
+    assert all(torch.equal(cnn.state_dict()[k], v) for k, v in shipped.state_dict().items())
+    named = load_naf("effnet-lite0", backbone="dinov2-s")  # a named checkpoint wins over the backbone
+    assert all(torch.equal(named.state_dict()[k], v) for k, v in load_naf("effnet-lite0").state_dict().items())
+
+
+def test_eval_leaves_out_a_default_it_cannot_have_and_resolves_auto_rows(release_cache, capsys):
+    from naf_cli.cli.eval_cmd import default_weights, evaluation_methods
+
+    release_cache.unlink()
+    assert default_weights("dinov2-s") is None
+    assert "note: the naf (default) row is left out: --checkpoint auto picks release for dinov2-s" in capsys.readouterr().err
+    name, sha = default_weights("effnet-lite0")
+    assert name == DEFAULT_NAF and sha == file_sha256(checkpoints.resolve_checkpoint(DEFAULT_NAF))
+    methods = evaluation_methods(None, ["auto"], "effnet-lite0", "cpu")
+    assert [m.name for m in methods][-2:] == ["naf (untrained)", "naf (auto)"]
+    shipped = load_naf()
+    assert all(torch.equal(methods[-1].upsampler.state_dict()[k], v) for k, v in shipped.state_dict().items())
+
+
+def test_auto_where_no_backbone_can_say_is_refused_in_plain_words():
+    with pytest.raises(OptionError, match=r"load_naf\('auto'\) picks weights by backbone; fix: pass backbone="):
+        load_naf("auto")
+    result = CliRunner().invoke(app, ["denoise", str(REPO / "examples" / "chelsea.jpg"), "--checkpoint", "auto"])
+    assert result.exit_code == 2 and "--checkpoint auto picks upsampling weights by backbone and does not apply here" in result.stderr

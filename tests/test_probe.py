@@ -41,6 +41,45 @@ def test_composite_labels_are_exact(photos):
     assert not torch.equal(made[0].image, other[0].image)
 
 
+def test_each_region_shows_its_own_photo_and_the_right_half():
+    """Photos whose halves are flat colours, distinct per photo and half: every pixel of a
+    training composite has the colour of its label's first half, of a test composite its second."""
+    colours = torch.rand(5, 2, 3, generator=torch.Generator().manual_seed(1))
+    photos = []
+    for first, second in colours:
+        photo = torch.empty(3, 90, 140)
+        photo[:, :, :70], photo[:, :, 70:] = first[:, None, None], second[:, None, None]
+        photos.append(photo)
+    for split, half in (("train", 0), ("test", 1)):
+        for composite in make_composites(photos, split, 12, 48, seed=0):
+            expected = colours[composite.labels, half].permute(2, 0, 1)
+            torch.testing.assert_close(composite.image, expected, rtol=0, atol=1e-5)
+
+
+def test_classes_are_dealt_about_equally_often(photos):
+    made = make_composites(photos * 2, "train", 40, 32, seed=0)  # 8 classes
+    regions = torch.zeros(8)
+    for composite in made:
+        for label in composite.sources:
+            regions[label] += 1
+    assert regions.min() >= 0.6 * regions.max()
+
+
+def test_the_miou_interval_brackets_the_figure_and_is_a_point_without_spread():
+    counts = SegmentationCounts(3)
+    labels = torch.tensor([[0, 1], [2, 2]])
+    for _ in range(5):
+        counts.add(labels.clone(), labels, torch.zeros(2, 2, dtype=torch.bool))
+    assert counts.miou_interval(200) == (1.0, 1.0)
+    mixed = SegmentationCounts(3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        mixed.add(torch.randint(0, 3, (6, 6), generator=generator), torch.randint(0, 3, (6, 6), generator=generator),
+                  torch.ones(6, 6, dtype=torch.bool))
+    low, high = mixed.miou_interval(500)
+    assert low < mixed.scores()["miou"] < high
+
+
 def _brute_force(predicted: list[np.ndarray], labels: list[np.ndarray], classes: int, radius: int) -> dict[str, float]:
     ious = []
     for c in range(classes):
@@ -110,6 +149,8 @@ def test_naf_eval_probe_end_to_end(examples_dir):
     for row in report["scores"]:
         assert row["factor"] == 4 and row["classes"] == 4 and row["composites"] == 2
         assert all(0.0 <= row[key] <= 1.0 for key in ("miou", "accuracy", "boundary_accuracy"))
+        assert 0.0 <= row["miou_interval"][0] <= row["miou_interval"][1] <= 1.0
+    assert len(report["default_checkpoint_sha256"]) == 64
 
 
 @pytest.mark.parametrize(("args", "message"), [

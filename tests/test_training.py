@@ -153,9 +153,14 @@ def test_max_minutes_stops_at_a_step_and_chunks_resume_to_the_uninterrupted_resu
     # every call is a session, recorded beside the state and in the final weights
     sessions = json.loads((chunked / "sessions.json").read_text())
     assert [(one["from_step"], one["to_step"]) for one in sessions] == [(0, 1), (1, 2), (2, 3)]
-    assert all(one["host"] and one["cpu"] and one["torch"] == torch.__version__ and one["step_seconds"] >= 0 for one in sessions)
+    assert all(one["cpu"] and one["torch"] == torch.__version__ and one["step_seconds"] >= 0 and "host" not in one
+               for one in sessions)
     assert json.loads(safe_open_metadata(chunked / "naf.safetensors")["sessions"]) == sessions
     assert "(session 3)" in result.stderr
+    final = safe_open_metadata(chunked / "naf.safetensors")
+    again = runner.invoke(app, [*args, "-o", str(chunked), "--max-minutes", "1e-6"])  # nothing left: no session, same weights
+    assert again.exit_code == 0 and json.loads((chunked / "sessions.json").read_text()) == sessions
+    assert safe_open_metadata(chunked / "naf.safetensors") == final
     bad = runner.invoke(app, [*args, "-o", str(tmp_path / "bad"), "--max-minutes", "0"])
     assert bad.exit_code == 2 and "--max-minutes 0 must be positive" in bad.stderr
     bad = runner.invoke(app, [*args, "-o", str(tmp_path / "bad"), "--lr-schedule", "step"])
@@ -179,7 +184,7 @@ def test_cosine_schedule_runs_from_lr_to_zero():
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--lr", "0"], "--lr must be a finite number above 0"),
     (["--validate-every", "-1"], "--validate-every must be 0 (never) or more"),
-    (["--validation-factor", "16"], "--validation-factor 16 is not part of naf eval's protocol; fix: use 2, 4, 8"),
+    (["--validation-factor", "2", "16"], "--validation-factor 16 is not part of naf eval's protocol; fix: use 2, 4, 8"),
 ])
 def test_nonsense_training_options_are_refused_before_anything_is_written(tmp_path, examples_dir, args, words):
     result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), *args])

@@ -79,7 +79,7 @@ GREEDY_OPTIONS: dict[str, tuple[str, ...]] = {
     "bench": ("--ratio", "--upsampler", "--backend"),
     "pca": ("--upsampler", "--components"),
     "eval": ("--factor", "--checkpoint"),
-    "train": ("--factor", "--also-vfm"),
+    "train": ("--factor", "--also-vfm", "--validation-factor"),
 }
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from naf_cli.cli.eval_probe import PROBE_COMPOSITES
 from naf_cli.cli.options import BackbonePrecision, Device, Layer, VfmWeights
 from naf_cli.defaults import DEFAULT_VFM
 
@@ -34,7 +35,7 @@ def eval_(
                                                 "(default 256); --task probe: side of each composite (default 448).",
                                                 show_default=False)] = None,
     composites: Annotated[int, typer.Option("--composites", help="--task probe: composites to train the probe on, and as "
-                                            "many to score it on.")] = 16,
+                                            "many to score it on.")] = PROBE_COMPOSITES,
     device: Device = "auto",
 ) -> None:
     """Score nearest, bilinear, bicubic, JBU, JBF, the untrained NAF, the NAF weights --checkpoint auto picks for
@@ -54,8 +55,7 @@ def eval_(
     import json
     import sys
 
-    from naf_cli.backbones import load_backbone
-    from naf_cli.checkpoint_choice import resolve_auto
+    from naf_cli.backbones import get_spec, load_backbone
     from naf_cli.cli.eval_probe import PROBE_FACTORS, PROBE_SIZE, evaluate_probe_task
     from naf_cli.cli.progress import make_progress
     from naf_cli.devices import resolve_device
@@ -79,13 +79,15 @@ def eval_(
         raise OptionError(f"--factor {unknown[0]} is not part of the protocol; fix: use {', '.join(map(str, BASE_CELLS))}")
     paths = select_photos(photos, split)
     target = resolve_device(device)
+    get_spec(vfm)
+    default = default_weights(vfm)  # before the backbone loads: a missing release is said first
     backbone = load_backbone(vfm, vfm_weights, target, layer, backbone_precision)
-    default, choice = resolve_auto("auto", vfm)
-    print(choice.line(), file=sys.stderr)
-    methods = evaluation_methods(default, list(checkpoint or []), target)
+    methods = evaluation_methods(default, list(checkpoint or []), vfm, target)
+    recorded = {"default_checkpoint": default[0] if default else None,
+                "default_checkpoint_sha256": default[1] if default else None}
     if task == "probe":
         evaluate_probe_task(paths, split, vfm, backbone, methods, factors, composites, PROBE_SIZE if crop is None else crop,
-                            as_json, default)
+                            as_json, recorded)
         return
     smallest = min(BASE_CELLS[f] * f for f in factors) * backbone.info.patch_size  # the short side a target needs
     if max(_short_sides(paths)) < smallest:
@@ -103,7 +105,7 @@ def eval_(
     if not scored:
         _refuse_small(photos, factors, smallest)
     if as_json:
-        print(json.dumps({"vfm": vfm, "layer": backbone.info.layer, "default_checkpoint": default,
+        print(json.dumps({"vfm": vfm, "layer": backbone.info.layer, **recorded,
                           "photos": [p.name for p in paths], "split": split,
                           "scores": [score.as_dict() for score in scored]}, indent=1))
         return
@@ -157,18 +159,42 @@ def select_photos(folder: Path, split: str) -> list[Path]:
     return chosen
 
 
-def evaluation_methods(default: str | None, checkpoints: list[str], device: str) -> list:
+def default_weights(vfm: str) -> tuple[str, str] | None:
+    """The name and SHA-256 of what ``--checkpoint auto`` picks for ``vfm`` (said on stderr), or
+    None when it cannot be had (a release not fetched, offline): the row is then left out, with a note."""
+    import sys
+
+    from naf_cli.checkpoint_choice import resolve_auto
+    from naf_cli.checkpoints import resolve_checkpoint
+    from naf_cli.errors import WeightsError
+    from naf_cli.weight_files import file_sha256
+
+    try:
+        name, choice = resolve_auto("auto", vfm)
+    except WeightsError as err:
+        print(f"note: the naf (default) row is left out: {err}", file=sys.stderr)
+        return None
+    assert name is not None and choice is not None
+    print(choice.line(), file=sys.stderr)
+    return name, file_sha256(resolve_checkpoint(name))
+
+
+def evaluation_methods(default: tuple[str, str] | None, checkpoints: list[str], vfm: str, device: str) -> list:
     """nearest, bilinear, bicubic, jbu, jbf (the registry's), the untrained NAF, the ``default``
-    checkpoint (what ``auto`` picks for the backbone) and each given one."""
+    weights (what ``auto`` picks for the backbone, unless they cannot be had) and each given
+    checkpoint (``auto`` among them: resolved for ``vfm``)."""
+    from naf_cli.checkpoint_choice import resolve_auto
     from naf_cli.evaluation.protocol import TRAINING_FREE, UNTRAINED_LABEL, Method, untrained_naf
     from naf_cli.upsamplers import load_upsampler
 
     methods = [Method(name, load_upsampler(name, device=device)[0]) for name in TRAINING_FREE]
     methods.append(Method(UNTRAINED_LABEL, untrained_naf().to(device)))
-    methods.append(Method("naf (default)", load_upsampler("naf", default, device)[0]))
+    if default is not None:
+        methods.append(Method("naf (default)", load_upsampler("naf", default[0], device)[0]))
     for checkpoint in checkpoints:
         label = Path(checkpoint).name if Path(checkpoint).is_file() else checkpoint
-        methods.append(Method(f"naf ({label})", load_upsampler("naf", checkpoint, device)[0]))
+        resolved, _ = resolve_auto(checkpoint, vfm)
+        methods.append(Method(f"naf ({label})", load_upsampler("naf", resolved, device)[0]))
     return methods
 
 

@@ -18,7 +18,7 @@ PROBE_COMPOSITES = 16
 
 
 def evaluate_probe_task(photos: list[Path], split: str, vfm: str, backbone: Backbone, methods: list[Method],
-                        factors: list[int], composites: int, size: int, as_json: bool, default_checkpoint: str | None) -> None:
+                        factors: list[int], composites: int, size: int, as_json: bool, recorded: dict[str, object]) -> None:
     """Composites from the photos (each a class), every method at every factor, a table or JSON."""
     from naf_cli.cli.progress import make_progress
     from naf_cli.errors import OptionError
@@ -27,7 +27,7 @@ def evaluate_probe_task(photos: list[Path], split: str, vfm: str, backbone: Back
 
     patch = backbone.info.patch_size
     side = size // patch * patch
-    if side < 2 * patch:
+    if side < 4 * patch:
         raise OptionError(f"--crop {size} is too small for composites of {vfm} (patch {patch}); fix: {4 * patch} or more")
     if len(photos) < 2:
         raise OptionError(f"the probe needs two photos or more (each is a class), got {len(photos)}; fix: a folder with more photos")
@@ -36,7 +36,7 @@ def evaluate_probe_task(photos: list[Path], split: str, vfm: str, backbone: Back
         raise OptionError(f"--factor {bad[0]} is out of range for the probe; fix: a factor from 1 to 32, e.g. --factor 4 16")
     if composites < 1:
         raise OptionError(f"--composites must be 1 or more, got {composites}; fix: e.g. --composites 16")
-    images = load_photos(photos)
+    images = load_photos(photos, short_side=4 * side)  # a half covers 1.25 x the canvas: more is never used
     train = make_composites(images, "train", composites, side, seed=0)
     test = make_composites(images, "test", composites, side, seed=0)
     progress = make_progress()
@@ -46,7 +46,7 @@ def evaluate_probe_task(photos: list[Path], split: str, vfm: str, backbone: Back
     finally:
         progress.close()
     if as_json:
-        print(json.dumps({"task": "probe", "vfm": vfm, "layer": backbone.info.layer, "default_checkpoint": default_checkpoint,
+        print(json.dumps({"task": "probe", "vfm": vfm, "layer": backbone.info.layer, **recorded,
                           "photos": [p.name for p in photos], "split": split, "composite_size": side,
                           "composites": composites, "scores": [s.as_dict() for s in scores]}, indent=1))
         return
@@ -60,7 +60,7 @@ def render_probe(scores: list[ProbeScore], side: int, classes: int) -> None:
     console = Console(soft_wrap=True)
     for factor in dict.fromkeys(s.factor for s in scores):
         rows = [s for s in scores if s.factor == factor]
-        table = Table("method", "mIoU %", "accuracy %", "boundary accuracy %",
+        table = Table("method", "mIoU %", "mIoU 95% interval", "accuracy %", "boundary accuracy %",
                       title=f"x{factor}: linear probe, {classes} classes, {rows[0].composites} test composites of {side} px "
                             f"(higher is better; boundary: within half a cell of a label boundary)")
         best = max(s.metrics["miou"] for s in rows)
@@ -68,5 +68,6 @@ def render_probe(scores: list[ProbeScore], side: int, classes: int) -> None:
             cells = ["-" if math.isnan(s.metrics[key]) else f"{100 * s.metrics[key]:.1f}"
                      for key in ("miou", "accuracy", "boundary_accuracy")]
             cells[0] += " *" if s.metrics["miou"] == best else ""
-            table.add_row(s.method, *cells)
+            low, high = s.miou_interval
+            table.add_row(s.method, cells[0], f"{100 * low:.1f}-{100 * high:.1f}", *cells[1:])
         console.print(table)

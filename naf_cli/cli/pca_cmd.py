@@ -73,7 +73,8 @@ def pca(
         from naf_cli.features import FeatureFile
 
         opened = [FeatureFile(p) for p in files]
-        backbone = str(opened[0].attrs.get("backbone", ""))
+        named = {str(f.attrs.get("backbone", "")) for f in opened}
+        backbone = named.pop() if len(named) == 1 else ""  # several: auto falls back to the shipped weights, saying why
         upsamplers = _upsamplers(upsampler or [], checkpoint, backbone, target, scale, progress)
         with closing(progress):
             written, attempted = pca_from_files(opened, upsamplers, sink, settings, image_root, progress,
@@ -106,10 +107,9 @@ def _upsamplers(names: list[str], checkpoint: Optional[str], backbone: str, devi
     from naf_cli.pipeline.transforms import UpsampleFeatures
     from naf_cli.upsamplers import load_upsampler
 
-    if "naf" in names:
-        checkpoint, choice = resolve_auto(checkpoint, backbone)
-        if choice is not None:
-            progress.warn(choice.line())
+    checkpoint, choice = resolve_auto(checkpoint, backbone, "naf" if "naf" in names else "")
+    if choice is not None:
+        progress.warn(choice.line())
     made = []
     for name in names:
         model, info = load_upsampler(name, checkpoint, device)

@@ -72,11 +72,22 @@ def make_composites(photos: Sequence[torch.Tensor], split: str, count: int, size
     part = PART_OF_SPLIT[split]
     generator = torch.Generator().manual_seed(seed * 2 + part)
     halves = [photo_half(photo, part) for photo in photos]
+    queue: list[int] = []  # classes are dealt from shuffled rounds of all of them: each class about equally often
     made = []
     for _ in range(count):
         n = int(torch.randint(regions[0], regions[1] + 1, (1,), generator=generator))
-        order = torch.randperm(len(photos), generator=generator)
-        classes = order[torch.arange(n) % len(photos)]
+        distinct = min(n, len(photos))
+        while len(set(queue)) < distinct:
+            queue += torch.randperm(len(photos), generator=generator).tolist()
+        dealt: list[int] = []
+        for c in queue:
+            if c not in dealt:
+                dealt.append(c)
+            if len(dealt) == distinct:
+                break
+        for c in dealt:
+            queue.remove(c)
+        classes = torch.tensor(dealt)[torch.arange(n) % distinct]  # fewer photos than regions: some classes twice
         seeds = torch.rand(n, 2, generator=generator, dtype=torch.float64) * size
         labels = voronoi_labels(size, seeds, classes)
         present = [int(c) for c in labels.unique()]
@@ -88,8 +99,17 @@ def make_composites(photos: Sequence[torch.Tensor], split: str, count: int, size
     return made
 
 
-def load_photos(paths: Sequence[Path]) -> list[torch.Tensor]:
-    """Each photo as [3, H, W] float32 in [0, 1] (EXIF orientation applied)."""
+def load_photos(paths: Sequence[Path], short_side: int | None = None) -> list[torch.Tensor]:
+    """Each photo as [3, H, W] float32 in [0, 1] (EXIF orientation applied), downscaled
+    (antialiased) to ``short_side`` when larger, so a folder of large photos stays small in memory."""
     from naf_cli.images import load_image
 
-    return [load_image(path) for path in paths]
+    photos = []
+    for path in paths:
+        photo = load_image(path)
+        short = min(photo.shape[-2:])
+        if short_side is not None and short > short_side:
+            size = tuple(max(1, round(side * short_side / short)) for side in photo.shape[-2:])
+            photo = F.interpolate(photo[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        photos.append(photo)
+    return photos

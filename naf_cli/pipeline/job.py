@@ -238,6 +238,7 @@ def _build(spec: JobSpec, split: Split, rule: OutputSize | None, limit: int | No
         raise OptionError(f"no images found in {where}; fix: pass a folder with .jpg/.png/... files, or check --glob")
     # 2. models, and what they imply for the output
     name = models.backbone.info.name if models else get_spec(spec.vfm).name
+    checkpoint, notices = _weights(upsample, models, name) if upsample is not None else (None, ())
     paths = {item.name: item.path for item in source}
     backbone = models.backbone if models else load_backbone(name, spec.vfm_weights, device, spec.layer, spec.backbone_precision)
     channels, patch = backbone.info.channels, backbone.info.patch_size
@@ -251,7 +252,7 @@ def _build(spec: JobSpec, split: Split, rule: OutputSize | None, limit: int | No
         smaller = ["--out-dtype float16"] if spec.out_dtype == "float32" else []
         return Pipeline(source, extract, f"{name} features", _output_shapes(paths, grid, None, channels, True),
                         [*smaller, "a smaller --long-side"])
-    upsampler, info, notices = _upsampler(upsample, models, device, name)
+    upsampler, info = _upsampler(upsample, checkpoint, models, device)
     upsampler.check_channels(channels)
     _check_memory(spec, upsampler, channels, patch, rule, limit, device)
     transform = ExtractAndUpsample(extract, UpsampleFeatures(upsampler, info, rule, limit))
@@ -359,17 +360,26 @@ def _smaller_upsampled(spec: JobSpec, channels: int) -> list[str]:
             "naf extract (low resolution) with naf_cli.datasets.UpsamplingDataset to upsample when read"]
 
 
-def _upsampler(upsample: UpsampleSpec, models: LoadedModels | None, device: str,
-               backbone: str) -> tuple[Upsampler, UpsamplerInfo, tuple[str, ...]]:
-    """The caller's upsampler when it gave one, else the one ``upsample`` names, loaded
-    (``--checkpoint auto``: the weights that suit ``backbone``; the choice is the notice returned)."""
+def _weights(upsample: UpsampleSpec, models: LoadedModels | None, backbone: str) -> tuple[str | None, tuple[str, ...]]:
+    """The checkpoint ``upsample`` names, ``--checkpoint auto`` resolved for ``backbone`` (and
+    fetched: before any backbone loads), and the choice as a notice; nothing when the caller
+    gave its upsampler."""
     from naf_cli.checkpoint_choice import resolve_auto
+
+    if models is not None and models.upsampler is not None:
+        return None, ()
+    checkpoint, choice = resolve_auto(upsample.checkpoint, backbone, upsample.upsampler)
+    return checkpoint, (choice.line(),) if choice else ()
+
+
+def _upsampler(upsample: UpsampleSpec, checkpoint: str | None, models: LoadedModels | None,
+               device: str) -> tuple[Upsampler, UpsamplerInfo]:
+    """The caller's upsampler when it gave one, else the one ``upsample`` names, loaded with ``checkpoint``."""
     from naf_cli.upsamplers import UpsamplerInfo, load_upsampler
 
     if models is not None and models.upsampler is not None:
-        return models.upsampler, models.upsampler_info or UpsamplerInfo(type(models.upsampler).__name__.lower()), ()
-    checkpoint, choice = resolve_auto(upsample.checkpoint, backbone) if upsample.upsampler == "naf" else (None, None)
-    return (*load_upsampler(upsample.upsampler, checkpoint, device), (choice.line(),) if choice else ())
+        return models.upsampler, models.upsampler_info or UpsamplerInfo(type(models.upsampler).__name__.lower())
+    return load_upsampler(upsample.upsampler, checkpoint, device)
 
 
 def _check_memory(spec: JobSpec, upsampler: Upsampler, channels: int, patch_size: int, rule: OutputSize, limit: int | None,
@@ -412,7 +422,8 @@ def _upsample_stored(spec: JobSpec, path: Path, device: str, rule: OutputSize, l
     items = [InputItem(name, source_image_path(stored, name, upsample.image_root)) for name in stored]
     source = ImageSource.of(items, upsample.image_root or Path(str(stored.attrs.get("source_root", path.parent))))
     paths = {item.name: item.path for item in source}
-    upsampler, info, notices = _upsampler(upsample, models, device, str(stored.attrs.get("backbone", "")))
+    checkpoint, notices = _weights(upsample, models, str(stored.attrs.get("backbone", "")))
+    upsampler, info = _upsampler(upsample, checkpoint, models, device)
     channels = int(stored.dataset(stored.names[0]).shape[0])
     upsampler.check_channels(channels)
     transform = UpsampleStored(stored, UpsampleFeatures(upsampler, info, rule, limit))

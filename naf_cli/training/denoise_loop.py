@@ -121,7 +121,7 @@ def train_denoiser(config: DenoiseConfig, log: Callable[[str], None] = print) ->
 
     def metadata() -> dict[str, str]:
         return {"config": json.dumps(asdict(config)), "steps": str(run.step), "elapsed_s": f"{run.elapsed:.0f}",
-                "noise": ",".join(config.kinds), "validation_best_psnr": f"{run.best:.4f}", "sessions": json.dumps(run.sessions)}
+                "noise": ",".join(config.kinds), "validation_best_psnr": f"{run.best:.4f}", "sessions": json.dumps(run.sessions_now())}
 
     def take_step(step: int) -> tuple[float, list[object]]:
         clean = data.batch(config.batch_size, run.generator)

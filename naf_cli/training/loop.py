@@ -121,7 +121,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
     excluded, validation_names = split_names(config.split, config.exclude)
     data = RandomCrops(Path(config.images), config.crop, excluded)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be there
-    model = load_naf(config.init, device=device).train() if config.init else NAF().to(device).train()
+    model = load_naf(config.init, device=device, backbone=config.backbone).train() if config.init else NAF().to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     run = TrainingRun(model, optimizer, torch.Generator().manual_seed(config.seed), out_dir, best=float("inf"))
     run.resume(log)
@@ -164,4 +164,4 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
 def _metadata(config: TrainConfig, run: TrainingRun, teachers: list[Backbone]) -> dict[str, str]:
     return {"config": json.dumps(asdict(config)), "steps": str(run.step), "elapsed_s": f"{run.elapsed:.0f}",
             "backbone": ",".join(t.info.name for t in teachers), "validation_best_mse": f"{run.best:.5f}",
-            "sessions": json.dumps(run.sessions)}
+            "sessions": json.dumps(run.sessions_now())}

@@ -94,20 +94,21 @@ def saved_step(out_dir: Path) -> int:
 
 
 def new_session(step: int, device: str) -> dict[str, object]:
-    """A session starting at ``step``: when, where (host, CPU, cores, device) and with which torch."""
+    """A session starting at ``step``: when, on what (CPU model and flags, cores, device) and with
+    which torch; no host name (the record goes into shipped weights)."""
     from naf_cli.bench.machine import cpu_model_and_flags
 
     cpu, flags = cpu_model_and_flags()
     return {"from_step": step, "to_step": step, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "step_seconds": 0.0, "host": platform.node(), "cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(),
-            "device": device, "torch": torch.__version__}
+            "step_seconds": 0.0, "cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "device": device,
+            "torch": torch.__version__, "python": platform.python_version()}
 
 
 @dataclass
 class TrainingRun:
     """The state of one run in ``out_dir``; ``best`` is the best validation score so far
     (its sense, lower or higher is better, is the task's); ``sessions``, one entry per call
-    that started or resumed it (``new_session``)."""
+    that took steps (``new_session``; a call with nothing left to do adds none)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -117,7 +118,7 @@ class TrainingRun:
     step: int = 0
     elapsed: float = 0.0
     sessions: list[dict[str, object]] = field(default_factory=list)
-    _session_start: float = field(default=0.0, repr=False)  # ``elapsed`` when this session began
+    _session_start: float | None = field(default=None, repr=False)  # ``elapsed`` when this call's session began
 
     @property
     def state_path(self) -> Path:
@@ -128,9 +129,7 @@ class TrainingRun:
 
         Read onto the CPU: the random-number states must stay CPU byte tensors, and loading the
         model's and optimizer's states copies them to the parameters' device."""
-        device = str(next(self.model.parameters()).device)
         if not self.state_path.exists():
-            self.sessions = [new_session(0, device)]
             return
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
@@ -140,15 +139,22 @@ class TrainingRun:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.best = float(state.get("best", self.best))
         # states saved before sessions were recorded start with one of unknown origin
-        earlier = json.loads(state["sessions"]) if "sessions" in state else [{"from_step": 0, "to_step": self.step}]
-        self.sessions = [*earlier, new_session(self.step, device)]
+        self.sessions = json.loads(state["sessions"]) if "sessions" in state else [{"from_step": 0, "to_step": self.step}]
+        log(f"resumed from {self.state_path} at step {self.step} (session {len(self.sessions) + 1})")
+
+    def begin_session(self) -> None:
+        """Record this call as a session, from the current step (called before its first step)."""
+        self.sessions.append(new_session(self.step, str(next(self.model.parameters()).device)))
         self._session_start = self.elapsed
-        log(f"resumed from {self.state_path} at step {self.step} (session {len(self.sessions)})")
+
+    def sessions_now(self) -> list[dict[str, object]]:
+        """The sessions, the current one brought up to the current step (for state and weights)."""
+        if self._session_start is not None:  # this call took steps: its session is the last one
+            self.sessions[-1].update(to_step=self.step, step_seconds=round(self.elapsed - self._session_start, 1))
+        return self.sessions
 
     def save(self) -> None:
-        if self.sessions:
-            self.sessions[-1].update(to_step=self.step, step_seconds=round(self.elapsed - self._session_start, 1))
-        sessions = json.dumps(self.sessions)
+        sessions = json.dumps(self.sessions_now())
         save_state(self.state_path, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
@@ -173,6 +179,8 @@ def run_steps(
     ``learning_rate(lr_schedule, lr, step, steps)``. Returns whether all steps are done.
     """
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    if run.step < steps:
+        run.begin_session()
     with open(run.out_dir / LOSS_FILE, "a", newline="") as loss_file:
         writer = csv.writer(loss_file)
         if loss_file.tell() == 0:
