@@ -159,13 +159,21 @@ def test_naf_eval_probe_end_to_end(examples_dir):
     (["--crop", "8"], "--crop 8 is too small"),
 ])
 def test_probe_options_are_checked_in_one_line(examples_dir, args, message):
-    result = naf("eval", str(examples_dir), "--task", "probe", *args, "--device", "cpu")
-    assert result.returncode == 2
+    from typer.testing import CliRunner
+
+    from naf_cli.cli.app import app
+
+    result = CliRunner().invoke(app, ["eval", str(examples_dir), "--task", "probe", *args, "--device", "cpu"])
+    assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "fix:" in errors[0] and "Traceback" not in result.stderr
 
 
 def test_one_photo_is_not_enough_for_a_probe(tmp_path, examples_dir):
     shutil.copy(examples_dir / "chelsea.jpg", tmp_path / "chelsea.jpg")
-    result = naf("eval", str(tmp_path), "--task", "probe", "--device", "cpu")
-    assert result.returncode == 2 and "needs two photos or more" in result.stderr
+    from typer.testing import CliRunner
+
+    from naf_cli.cli.app import app
+
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--task", "probe", "--device", "cpu"])
+    assert result.exit_code == 2 and "needs two photos or more" in result.stderr

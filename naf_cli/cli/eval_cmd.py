@@ -56,7 +56,7 @@ def eval_(
     import sys
 
     from naf_cli.backbones import get_spec, load_backbone
-    from naf_cli.cli.eval_probe import PROBE_FACTORS, PROBE_SIZE, evaluate_probe_task
+    from naf_cli.cli.eval_probe import PROBE_FACTORS, PROBE_SIZE, check_probe_options, evaluate_probe_task
     from naf_cli.cli.progress import make_progress
     from naf_cli.devices import resolve_device
     from naf_cli.errors import OptionError
@@ -79,7 +79,9 @@ def eval_(
         raise OptionError(f"--factor {unknown[0]} is not part of the protocol; fix: use {', '.join(map(str, BASE_CELLS))}")
     paths = select_photos(photos, split)
     target = resolve_device(device)
-    get_spec(vfm)
+    spec = get_spec(vfm)
+    if task == "probe":
+        check_probe_options(paths, factors, composites, PROBE_SIZE if crop is None else crop, spec.patch_size)
     default = default_weights(vfm)  # before the backbone loads: a missing release is said first
     backbone = load_backbone(vfm, vfm_weights, target, layer, backbone_precision)
     methods = evaluation_methods(default, list(checkpoint or []), vfm, target)

@@ -17,18 +17,13 @@ PROBE_SIZE = 448
 PROBE_COMPOSITES = 16
 
 
-def evaluate_probe_task(photos: list[Path], split: str, vfm: str, backbone: Backbone, methods: list[Method],
-                        factors: list[int], composites: int, size: int, as_json: bool, recorded: dict[str, object]) -> None:
-    """Composites from the photos (each a class), every method at every factor, a table or JSON."""
-    from naf_cli.cli.progress import make_progress
+def check_probe_options(photos: list[Path], factors: list[int], composites: int, size: int, patch: int) -> None:
+    """Refuse what the probe cannot do, before anything loads (``patch`` 0: not known yet)."""
     from naf_cli.errors import OptionError
-    from naf_cli.evaluation.composites import load_photos, make_composites
-    from naf_cli.evaluation.probe import evaluate_probe
 
-    patch = backbone.info.patch_size
-    side = size // patch * patch
-    if side < 4 * patch:
-        raise OptionError(f"--crop {size} is too small for composites of {vfm} (patch {patch}); fix: {4 * patch} or more")
+    least = 4 * max(patch, 1)
+    if size < least:
+        raise OptionError(f"--crop {size} is too small for composites (patch {patch}); fix: {least} or more")
     if len(photos) < 2:
         raise OptionError(f"the probe needs two photos or more (each is a class), got {len(photos)}; fix: a folder with more photos")
     bad = [f for f in factors if not 1 <= f <= 32]
@@ -36,6 +31,18 @@ def evaluate_probe_task(photos: list[Path], split: str, vfm: str, backbone: Back
         raise OptionError(f"--factor {bad[0]} is out of range for the probe; fix: a factor from 1 to 32, e.g. --factor 4 16")
     if composites < 1:
         raise OptionError(f"--composites must be 1 or more, got {composites}; fix: e.g. --composites 16")
+
+
+def evaluate_probe_task(photos: list[Path], split: str, vfm: str, backbone: Backbone, methods: list[Method],
+                        factors: list[int], composites: int, size: int, as_json: bool, recorded: dict[str, object]) -> None:
+    """Composites from the photos (each a class), every method at every factor, a table or JSON."""
+    from naf_cli.cli.progress import make_progress
+    from naf_cli.evaluation.composites import load_photos, make_composites
+    from naf_cli.evaluation.probe import evaluate_probe
+
+    patch = backbone.info.patch_size
+    check_probe_options(photos, factors, composites, size, patch)  # again, now that the patch is known (timm: models)
+    side = size // patch * patch
     images = load_photos(photos, short_side=4 * side)  # a half covers 1.25 x the canvas: more is never used
     train = make_composites(images, "train", composites, side, seed=0)
     test = make_composites(images, "test", composites, side, seed=0)
