@@ -101,7 +101,7 @@ def test_resume_compares_the_resolved_weights(tmp_path, examples_dir, release_ca
     rerun = _upsample(examples_dir, tmp_path / "out.h5", *vit)  # auto now picks the release weights
     assert rerun.exit_code == 2
     errors = [line for line in rerun.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "written with other NAF weights" in errors[0] and "--checkpoint it used" in errors[0]
+    assert len(errors) == 1 and "written with other NAF weights" in errors[0] and f"rerun with --checkpoint {DEFAULT_NAF}" in errors[0]
     same = _upsample(examples_dir, tmp_path / "out.h5", *vit, "--checkpoint", DEFAULT_NAF)
     assert same.exit_code == 0, same.output  # the fix the line gives resumes (here: nothing left to do)
 

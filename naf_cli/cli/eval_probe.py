@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 PROBE_FACTORS = (16,)
 PROBE_SIZE = 448
 PROBE_COMPOSITES = 16
+FEW_COMPOSITES = 8
 
 
 def check_probe_options(photos: list[Path], factors: list[int], composites: int, size: int, patch: int) -> None:
@@ -43,6 +45,9 @@ def evaluate_probe_task(photos: list[Path], split: str, vfm: str, backbone: Back
     patch = backbone.info.patch_size
     check_probe_options(photos, factors, composites, size, patch)  # again, now that the patch is known (timm: models)
     side = size // patch * patch
+    if composites < FEW_COMPOSITES:
+        print(f"note: with {composites} test composites the mIoU and its interval say little; fix: --composites "
+              f"{PROBE_COMPOSITES} or more", file=sys.stderr)
     images = load_photos(photos, short_side=4 * side)  # a half covers 1.25 x the canvas: more is never used
     train = make_composites(images, "train", composites, side, seed=0)
     test = make_composites(images, "test", composites, side, seed=0)
@@ -68,8 +73,9 @@ def render_probe(scores: list[ProbeScore], side: int, classes: int) -> None:
     for factor in dict.fromkeys(s.factor for s in scores):
         rows = [s for s in scores if s.factor == factor]
         table = Table("method", "mIoU %", "mIoU 95% interval", "accuracy %", "boundary accuracy %",
-                      title=f"x{factor}: linear probe, {classes} classes, {rows[0].composites} test composites of {side} px "
-                            f"(higher is better; boundary: within half a cell of a label boundary)")
+                      title=f"x{factor}: linear probe, {classes} classes (one per photo), {rows[0].composites} test composites "
+                            f"of {side} px (higher is better; * the best mIoU; interval: bootstrap over the test composites; "
+                            f"boundary: within half a cell of a label boundary)")
         best = max(s.metrics["miou"] for s in rows)
         for s in rows:
             cells = ["-" if math.isnan(s.metrics[key]) else f"{100 * s.metrics[key]:.1f}"

@@ -188,11 +188,25 @@ def agree(output: Path, catalog: ShardCatalog, wanted: dict[str, object], partit
         raise OutputError(f"{output} was written {written}, this run is not; fix: rerun with the same --pca options to "
                           f"resume, or {again}")
     if difference.key == "checkpoint_sha256":
+        used = _recorded_checkpoint(output)
+        how = f"--checkpoint {used}" if used else f"the --checkpoint it used (naf info {output} names it)"
         raise OutputError(f"{output} was written with other NAF weights (sha256 {str(difference.theirs)[:12]}, this run's "
-                          f"{str(difference.mine)[:12]}); fix: rerun with the --checkpoint it used to resume (naf info "
-                          f"{output} names it; auto picks by backbone), or {again}")
+                          f"{str(difference.mine)[:12]}; --checkpoint auto picks by backbone); fix: rerun with {how} to "
+                          f"resume, or {again}")
     raise OutputError(f"{output} was written with {difference.key}={difference.theirs!r}, this run has "
                       f"{difference.key}={difference.mine!r}; fix: rerun with the same options to resume, or {again}")
+
+
+def _recorded_checkpoint(output: Path) -> str | None:
+    """The checkpoint named in ``output``'s attributes (None when it cannot be read)."""
+    import h5py
+
+    try:
+        with h5py.File(output, "r") as index:
+            value = index.attrs.get("checkpoint")
+    except (OSError, KeyError):
+        return None
+    return str(value) if value else None
 
 
 def _create_run_file(folder: Path, record: RunRecord) -> RunRecord:
