@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_runs import naf
 
 from naf_cli.evaluation.composites import load_photos, make_composites, photo_half
 from naf_cli.evaluation.probe import LinearProbe, SegmentationCounts, boundary_band, labels_at
-from cli_runs import naf
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_composite_labels_are_exact(photos):
             where = composite.labels == label
             assert torch.equal(composite.image[:, where], composite.sources[label][:, where])
     again = make_composites(photos, "train", 6, 96, seed=3)
-    assert all(torch.equal(a.image, b.image) and torch.equal(a.labels, b.labels) for a, b in zip(made, again))
+    assert all(torch.equal(a.image, b.image) and torch.equal(a.labels, b.labels) for a, b in zip(made, again, strict=True))
     other = make_composites(photos, "test", 6, 96, seed=3)
     assert not torch.equal(made[0].image, other[0].image)
 
@@ -83,21 +83,21 @@ def test_the_miou_interval_brackets_the_figure_and_is_a_point_without_spread():
 def _brute_force(predicted: list[np.ndarray], labels: list[np.ndarray], classes: int, radius: int) -> dict[str, float]:
     ious = []
     for c in range(classes):
-        inter = sum(int(((p == c) & (l == c)).sum()) for p, l in zip(predicted, labels))
-        union = sum(int(((p == c) | (l == c)).sum()) for p, l in zip(predicted, labels))
+        inter = sum(int(((p == c) & (truth == c)).sum()) for p, truth in zip(predicted, labels, strict=True))
+        union = sum(int(((p == c) | (truth == c)).sum()) for p, truth in zip(predicted, labels, strict=True))
         if union:
             ious.append(inter / union)
     correct = total = band_correct = band_total = 0
-    for p, l in zip(predicted, labels):
-        height, width = l.shape
+    for p, truth in zip(predicted, labels, strict=True):
+        height, width = truth.shape
         for i in range(height):
             for j in range(width):
                 total += 1
-                correct += int(p[i, j] == l[i, j])
-                window = l[max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1]
-                if (window != l[i, j]).any():
+                correct += int(p[i, j] == truth[i, j])
+                window = truth[max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1]
+                if (window != truth[i, j]).any():
                     band_total += 1
-                    band_correct += int(p[i, j] == l[i, j])
+                    band_correct += int(p[i, j] == truth[i, j])
     return {"miou": float(np.mean(ious)), "accuracy": correct / total, "boundary_accuracy": band_correct / band_total}
 
 
@@ -106,10 +106,10 @@ def test_segmentation_scores_match_a_brute_force_count(radius):
     rng = np.random.default_rng(radius)
     classes = 5
     labels = [np.repeat(np.repeat(rng.integers(0, classes - 1, (3, 4)), 4, 0), 3, 1)[:11, :10] for _ in range(3)]
-    predicted = [np.where(rng.random(l.shape) < 0.7, l, rng.integers(0, classes, l.shape)) for l in labels]
+    predicted = [np.where(rng.random(t.shape) < 0.7, t, rng.integers(0, classes, t.shape)) for t in labels]
     counts = SegmentationCounts(classes)
-    for p, l in zip(predicted, labels):
-        lt = torch.from_numpy(l)
+    for p, truth in zip(predicted, labels, strict=True):
+        lt = torch.from_numpy(truth)
         counts.add(torch.from_numpy(p), lt, boundary_band(lt, radius))
     expected = _brute_force(predicted, labels, classes, radius)
     got = counts.scores()

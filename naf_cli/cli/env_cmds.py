@@ -20,8 +20,8 @@ def models() -> None:
 
     from naf_cli.backbones.registry import BACKBONES
     from naf_cli.checkpoint_choice import AUTO, RELEASE, choose_checkpoint
-    from naf_cli.defaults import DEFAULT_NAF
     from naf_cli.cli.progress import stdout_console
+    from naf_cli.defaults import DEFAULT_NAF
     from naf_cli.upsamplers import UPSAMPLERS
 
     table = Table("backbone", "timm model", "patch", "weights", "NAF weights (auto)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,7 @@ def check_probe_options(photos: list[Path], factors: list[int], composites: int,
 
 
 def evaluate_probe_task(photos: list[Path], split: str, vfm: str, backbone: Backbone, methods: list[Method],
-                        factors: list[int], composites: int, size: int, as_json: bool, recorded: dict[str, object]) -> None:
+                        factors: list[int], composites: int, size: int, as_json: bool, recorded: Mapping[str, object]) -> None:
     """Composites from the photos (each a class), every method at every factor, a table or JSON."""
     from naf_cli.cli.progress import make_progress
     from naf_cli.evaluation.composites import load_photos, make_composites

@@ -175,16 +175,16 @@ def _probe_one(method: Method, factor: int, train: Sequence[Composite], test: Se
                low: list[list[torch.Tensor]], classes: int, seed: int) -> ProbeScore:
     generator = torch.Generator().manual_seed(seed)
     samples, targets = [], []
-    for composite, features in zip(train, low[0]):
+    for composite, features in zip(train, low[0], strict=True):
         upsampled = _upsampled(method, composite, features, factor)
-        labels = labels_at(composite.labels, tuple(upsampled.shape[-2:]))
+        labels = labels_at(composite.labels, (int(upsampled.shape[-2]), int(upsampled.shape[-1])))
         pick = torch.randint(0, labels.numel(), (TRAIN_PIXELS,), generator=generator)
         samples.append(upsampled.reshape(upsampled.shape[0], -1)[:, pick].T)
         targets.append(labels.reshape(-1)[pick])
     probe = LinearProbe(classes).fit(torch.cat(samples), torch.cat(targets), seed)
     counts = SegmentationCounts(classes)
-    for composite, features in zip(test, low[1]):
+    for composite, features in zip(test, low[1], strict=True):
         upsampled = _upsampled(method, composite, features, factor)
-        labels = labels_at(composite.labels, tuple(upsampled.shape[-2:]))
+        labels = labels_at(composite.labels, (int(upsampled.shape[-2]), int(upsampled.shape[-1])))
         counts.add(probe.predict(upsampled), labels, boundary_band(labels, factor // 2))
     return ProbeScore(factor, method.name, len(test), classes, counts.scores(), counts.miou_interval())
