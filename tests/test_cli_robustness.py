@@ -219,7 +219,8 @@ def test_corrupt_and_foreign_weight_files_say_what_they_are(tmp_path, examples_d
         (["--checkpoint", str(tmp_path / "image.pth")], "not a weights file (it starts with b'\\xff\\xd8"),
         (["--checkpoint", str(tmp_path / "cut.safetensors")], "truncated safetensors file"),
         (["--checkpoint", str(tmp_path / "other.pth")], "unexpected key(s)"),
-        (["--vfm", "dinov2-s", "--vfm-weights", str(tmp_path / "random.safetensors")], "cannot read dinov2-s weights"),
+        (["--vfm", "dinov2-s", "--vfm-weights", str(tmp_path / "random.safetensors"), "--checkpoint", "effnet-lite0-lite1"],
+         "cannot read dinov2-s weights"),
         (["--vfm-weights", str(tmp_path / "other.pth")], "missing key(s)"),
     ]
     for args, words in cases:
