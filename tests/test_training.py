@@ -81,10 +81,7 @@ def test_training_reduces_loss_on_a_fixed_batch(examples_dir):
 def test_second_stage_with_two_teachers_validates_and_keeps_the_best(tmp_path, examples_dir):
     """Teachers and factors are taken in turn; the validation photo is never drawn for training;
     validation rows, the best checkpoint and the curve picture are written."""
-    import json
-
     from PIL import Image
-    from safetensors import safe_open
 
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["astronaut.jpg", "coffee.jpg", "rocket.jpg"], "validation": ["chelsea.jpg"]}))
@@ -105,8 +102,7 @@ def test_second_stage_with_two_teachers_validates_and_keeps_the_best(tmp_path, e
     best = min(float(r["mse"]) for r in validation)
     load_naf(out / "best.safetensors")
     for name in ("best.safetensors", "naf.safetensors"):  # both record the run's best score, under a name that says so
-        with safe_open(str(out / name), "pt") as handle:
-            assert abs(float(handle.metadata()["validation_best_mse"]) - best) < 1e-4
+        assert abs(float(safe_open_metadata(out / name)["validation_best_mse"]) - best) < 1e-4
     assert Image.open(out / "curves.png").size == (800, 420)
 
 
