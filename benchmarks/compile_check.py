@@ -1,0 +1,77 @@
+"""Eager against ``torch.compile`` for the module ``load_naf()`` returns: time and agreement.
+
+One JSON object on stdout: per precision, the eager and compiled forward (median of
+--repeats, after one warm-up), the first compiled call's seconds (the compile), and the
+compiled output's relative L2 distance to the eager one. It measures whether a compiled path
+is worth building (issue 20 item 1); nothing in naf_cli uses torch.compile yet.
+
+    python benchmarks/compile_check.py --device cuda                 # x16, 384 channels, 448 x 448
+    python benchmarks/compile_check.py --device cpu --channels 8 --lr-size 4 --image-size 32 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from naf_cli.checkpoints import load_naf
+
+
+def _timed(call: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
+    times, out = [], torch.empty(0)
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--channels", type=int, default=384)
+    parser.add_argument("--lr-size", type=int, default=28)
+    parser.add_argument("--image-size", type=int, default=448)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, args.image_size, args.image_size, device=device)
+    features = torch.randn(1, args.channels, args.lr_size, args.lr_size, device=device)
+    size = (args.image_size, args.image_size)
+    report: dict[str, object] = {"device": str(device), "torch": torch.__version__, "channels": args.channels,
+                                 "lr_size": args.lr_size, "image_size": args.image_size,
+                                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "rows": []}
+    model = load_naf(device=device).eval()
+    for precision in args.precision:
+        compiled = torch.compile(model)
+
+        def run(module: torch.nn.Module, precision: str = precision) -> torch.Tensor:
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return module(image, features, size).float()
+
+        _timed(lambda: run(model), device, 1)
+        eager_s, eager = _timed(lambda: run(model), device, args.repeats)
+        compile_s, _ = _timed(lambda: run(compiled), device, 1)
+        compiled_s, out = _timed(lambda: run(compiled), device, args.repeats)
+        distance = float((out - eager).norm() / eager.norm())
+        row = {"precision": precision, "eager_ms": round(1e3 * eager_s, 2), "compiled_ms": round(1e3 * compiled_s, 2),
+               "compile_seconds": round(compile_s, 1), "speedup": round(eager_s / compiled_s, 3), "relative_l2": distance}
+        report["rows"].append(row)  # type: ignore[union-attr]
+        print(json.dumps(row), flush=True)
+        torch._dynamo.reset()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
