@@ -35,6 +35,13 @@ def _timed(call: Callable[[], torch.Tensor], device: torch.device, repeats: int)
     return statistics.median(times), out
 
 
+VARIANTS = ("whole", "static")
+
+
+def _compiled(model: torch.nn.Module, variant: str) -> torch.nn.Module:
+    return torch.compile(model, dynamic=False if variant == "static" else None)  # type: ignore[return-value]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -43,6 +50,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--variant", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="whole: torch.compile(model); static: the same with dynamic=False")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -54,22 +63,25 @@ def main() -> None:
                                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "rows": []}
     model = load_naf(device=device).eval()
     for precision in args.precision:
-        compiled = torch.compile(model)
-
         def run(module: torch.nn.Module, precision: str = precision) -> torch.Tensor:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 return module(image, features, size).float()
 
         _timed(lambda: run(model), device, 1)
         eager_s, eager = _timed(lambda: run(model), device, args.repeats)
-        compile_s, _ = _timed(lambda: run(compiled), device, 1)
-        compiled_s, out = _timed(lambda: run(compiled), device, args.repeats)
-        distance = float((out - eager).norm() / eager.norm())
-        row = {"precision": precision, "eager_ms": round(1e3 * eager_s, 2), "compiled_ms": round(1e3 * compiled_s, 2),
-               "compile_seconds": round(compile_s, 1), "speedup": round(eager_s / compiled_s, 3), "relative_l2": distance}
-        report["rows"].append(row)  # type: ignore[union-attr]
-        print(json.dumps(row), flush=True)
-        torch._dynamo.reset()
+        for variant in args.variant:
+            row: dict[str, object] = {"precision": precision, "variant": variant, "eager_ms": round(1e3 * eager_s, 2)}
+            candidate = _compiled(model, variant)
+            try:
+                compile_s, _ = _timed(lambda: run(candidate), device, 1)  # noqa: B023 (called at once)
+                compiled_s, out = _timed(lambda: run(candidate), device, args.repeats)  # noqa: B023
+                row.update(compiled_ms=round(1e3 * compiled_s, 2), compile_seconds=round(compile_s, 1),
+                           speedup=round(eager_s / compiled_s, 3), relative_l2=float((out - eager).norm() / eager.norm()))
+            except Exception as err:  # a compiler failure is a finding, not the end of the check
+                row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+            report["rows"].append(row)  # type: ignore[union-attr]
+            print(json.dumps(row), flush=True)
+            torch._dynamo.reset()
     print(json.dumps(report, indent=1))
 
 

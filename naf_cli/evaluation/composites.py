@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from naf_cli.resampling import resize_antialiased
 
 PART_OF_SPLIT = {"train": 0, "test": 1}  # which half of each photo (left/top, right/bottom)
 MARGIN = 1.25  # a half is scaled to cover this times the canvas, so crops vary in position
@@ -47,7 +48,7 @@ def _covering_crop(half: torch.Tensor, size: int, generator: torch.Generator) ->
     _, height, width = half.shape
     scale = MARGIN * size / min(height, width)
     out_hw = (max(size, round(height * scale)), max(size, round(width * scale)))
-    scaled = F.interpolate(half[None], size=out_hw, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+    scaled = resize_antialiased(half[None], out_hw)[0].clamp(0, 1)
     top = int(torch.randint(0, out_hw[0] - size + 1, (1,), generator=generator))
     left = int(torch.randint(0, out_hw[1] - size + 1, (1,), generator=generator))
     crop = scaled[:, top:top + size, left:left + size]
@@ -109,7 +110,7 @@ def load_photos(paths: Sequence[Path], short_side: int | None = None) -> list[to
         photo = load_image(path)
         short = min(photo.shape[-2:])
         if short_side is not None and short > short_side:
-            size = tuple(max(1, round(side * short_side / short)) for side in photo.shape[-2:])
-            photo = F.interpolate(photo[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+            size = (max(1, round(photo.shape[-2] * short_side / short)), max(1, round(photo.shape[-1] * short_side / short)))
+            photo = resize_antialiased(photo[None], size)[0].clamp(0, 1)
         photos.append(photo)
     return photos

@@ -5,9 +5,9 @@ eval``, the tests and the benchmarks."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from naf_cli.backbones import Backbone
+from naf_cli.resampling import resize_antialiased
 
 # feature cells on the input's short side, per factor: targets are then never upscaled
 # photos (a photo smaller than the target is left out at that factor) and inputs keep 7+ cells
@@ -19,7 +19,7 @@ MAX_ASPECT = 2.0
 def downscale(images: torch.Tensor, factor: int) -> torch.Tensor:
     """[B, 3, H, W] -> [B, 3, H / factor, W / factor], antialiased bilinear (sides divisible by ``factor``)."""
     size = (images.shape[-2] // factor, images.shape[-1] // factor)
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resize_antialiased(images, size)
 
 
 @torch.no_grad()
@@ -47,7 +47,7 @@ def target_image(photo: torch.Tensor, factor: int, patch_size: int, base_cells: 
         return None
     scale = short / min(h, w)
     size = (short, max(short, round(w * scale))) if h <= w else (max(short, round(h * scale)), short)
-    image = F.interpolate(photo[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    image = resize_antialiased(photo[None], size)[0]
     long_axis = 2 if size[1] >= size[0] else 1
     length = min(image.shape[long_axis] // unit * unit, int(MAX_ASPECT * short) // unit * unit)
     start = (image.shape[long_axis] - length) // 2

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from naf_cli.modeling.upsampler import Upsampler
+from naf_cli.resampling import resize_antialiased
 
 # bytes of one band's window weights and their temporaries: output rows are taken so they fit
 BAND_BYTES = 64 * 2**20
@@ -26,7 +27,7 @@ def resize_guidance(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[B, 3, H_img, W_img] -> [B, 3, H, W], antialiased when shrinking."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resize_antialiased(image, size)
 
 
 def _bands(rows: int, band_rows: int) -> list[tuple[int, int]]:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from naf_cli.resampling import resize_antialiased
+
 LABEL_HEIGHT = 22
 GAP = 4
 
@@ -31,7 +33,7 @@ def fit_height(pixels: torch.Tensor, height: int) -> torch.Tensor:
         return pixels
     if h < height:
         return F.interpolate(pixels[None], size=(height, width), mode="nearest")[0]
-    return F.interpolate(pixels[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+    return resize_antialiased(pixels[None], (height, width))[0].clamp(0, 1)
 
 
 def compose(panels: list[Panel], height: int) -> torch.Tensor:

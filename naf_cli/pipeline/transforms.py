@@ -16,7 +16,6 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from naf_cli.backbones import Backbone
 from naf_cli.errors import InputSkipped
@@ -27,6 +26,7 @@ from naf_cli.pipeline.feature_map import Bands, FeatureMap
 from naf_cli.pipeline.memory import available_bytes, gib
 from naf_cli.pipeline.seams import AttrValue, Result
 from naf_cli.pipeline.sizes import ASPECT_WARNING, OutputSize, aspect_stretch, backbone_input_size
+from naf_cli.resampling import resize_antialiased
 from naf_cli.upsamplers import UpsamplerInfo
 
 Size = tuple[int, int]
@@ -41,7 +41,7 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     batched = image if image.ndim == 4 else image[None]
     if tuple(batched.shape[-2:]) == tuple(size):
         return batched
-    return F.interpolate(batched, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+    return resize_antialiased(batched, size).clamp_(0, 1)
 
 
 def guidance_size(image_hw: Size, output_hw: Size) -> Size:

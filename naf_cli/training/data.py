@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from naf_cli.errors import NafError
 from naf_cli.images import load_image
 from naf_cli.pipeline.sources import list_images
+from naf_cli.resampling import resize_antialiased
 
 
 class RandomCrops:
@@ -43,7 +43,7 @@ class RandomCrops:
         target_short = self.crop + float(torch.rand((), generator=generator)) * max(short - self.crop, 0)
         scale = target_short / short
         size = (max(self.crop, round(h * scale)), max(self.crop, round(w * scale)))
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        image = resize_antialiased(image[None], size)[0]
         top = int(torch.randint(size[0] - self.crop + 1, (1,), generator=generator))
         left = int(torch.randint(size[1] - self.crop + 1, (1,), generator=generator))
         image = image[:, top:top + self.crop, left:left + self.crop]

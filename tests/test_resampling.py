@@ -1,0 +1,43 @@
+"""The one antialiased resize: plain F.interpolate where the device can take it, the CPU where
+PyTorch's CUDA kernel refuses the factor (it needs too much shared memory past ~94x)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from naf_cli.modeling.joint_bilateral import resize_guidance
+from naf_cli.resampling import CUDA_MAX_SHRINK, needs_host, resize_antialiased
+
+
+def _reference(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+@pytest.mark.parametrize("size", [(7, 10), (448, 672), (1000, 1500)])
+def test_on_the_cpu_it_is_plain_antialiased_interpolation(size):
+    images = torch.rand(2, 3, 896, 1344, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(resize_antialiased(images, size), _reference(images, size))
+
+
+def test_only_cuda_shrinks_past_the_kernel_limit_go_to_the_host():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    # the JBU guidance of an x128 output (3584 px) shrunk to its 28-cell grid: the case that failed on an H200
+    assert needs_host((1, 3, 3584, 3584), (28, 28), cuda)
+    assert needs_host((1, 3, 896, 1344), (7, 10), cuda)  # naf eval x8: 128x
+    assert not needs_host((1, 3, 3584, 3584), (28, 28), cpu)
+    limit = CUDA_MAX_SHRINK * 28
+    assert not needs_host((1, 3, limit, limit), (28, 28), cuda)
+    assert needs_host((1, 3, limit + 1, 28), (28, 28), cuda)  # one axis past the limit is enough
+    assert not needs_host((1, 3, 16, 16), (448, 448), cuda)  # enlarging never
+
+
+@pytest.mark.cuda
+def test_a_128x_shrink_on_cuda_matches_the_cpu():
+    images = torch.rand(1, 3, 896, 1344, generator=torch.Generator().manual_seed(0))
+    got = resize_guidance(images.cuda(), (7, 10))
+    assert got.is_cuda and got.shape == (1, 3, 7, 10)
+    torch.testing.assert_close(got.cpu(), _reference(images, (7, 10)), rtol=0, atol=1e-6)
+    moderate = resize_antialiased(images.cuda(), (56, 84))  # 16x: stays on the GPU
+    torch.testing.assert_close(moderate.cpu(), _reference(images, (56, 84)), rtol=1e-5, atol=1e-5)
