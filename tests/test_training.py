@@ -186,3 +186,21 @@ def test_nonsense_training_options_are_refused_before_anything_is_written(tmp_pa
     result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), *args])
     assert result.exit_code == 2 and words in result.stderr, result.stderr
     assert not (tmp_path / "r").exists()  # no untrained naf.safetensors
+
+
+def test_a_validation_factor_no_validation_photo_fits_is_refused_before_anything_is_written(tmp_path, examples_dir):
+    """x8 needs a 896-pixel short side (7 cells x 8 x 16); chelsea.jpg has 300: every x8 score would be nan,
+    and no best weights would ever be kept. x2 needs 288 and fits."""
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["astronaut.jpg", "coffee.jpg", "rocket.jpg"], "validation": ["chelsea.jpg"]}))
+    common = ["train", str(examples_dir), "--split", str(split), "--validate-every", "2", "--steps", "2",
+              "--batch-size", "1", "--crop", "64", "--device", "cpu"]
+    result = runner.invoke(app, [*common, "-o", str(tmp_path / "r"), "--validation-factor", "2", "8"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        "error: --validation-factor 8: no validation photo has the short side of 896 pixels it needs (the largest has "
+        "300); fix: leave 8 out of --validation-factor, or add larger photos to the split's validation list")
+    assert not (tmp_path / "r").exists()
+    fits = runner.invoke(app, [*common, "-o", str(tmp_path / "ok"), "--validation-factor", "2"])
+    assert fits.exit_code == 0, fits.output
+    assert (tmp_path / "ok" / "best.safetensors").is_file()

@@ -60,7 +60,7 @@ def eval_(
     from naf_cli.cli.progress import make_progress
     from naf_cli.devices import resolve_device
     from naf_cli.errors import OptionError
-    from naf_cli.evaluation.pairs import BASE_CELLS
+    from naf_cli.evaluation.pairs import BASE_CELLS, needed_short_side, short_sides
     from naf_cli.evaluation.protocol import evaluate
 
     if task == "denoise":
@@ -91,8 +91,8 @@ def eval_(
         evaluate_probe_task(paths, split, vfm, backbone, methods, factors, composites, PROBE_SIZE if crop is None else crop,
                             as_json, recorded)
         return
-    smallest = min(BASE_CELLS[f] * f for f in factors) * backbone.info.patch_size  # the short side a target needs
-    if max(_short_sides(paths)) < smallest:
+    smallest = min(needed_short_side(f, backbone.info.patch_size) for f in factors)
+    if max(short_sides(paths)) < smallest:
         _refuse_small(photos, factors, smallest)  # before any work, from the files' headers
     progress = make_progress()
     progress.start(len(paths), f"naf eval {vfm} x{'/'.join(map(str, factors))}")
@@ -112,20 +112,6 @@ def eval_(
                           "scores": [score.as_dict() for score in scored]}, indent=1))
         return
     render(scored, sorted({score.factor for score in scored}, key=factors.index))
-
-
-def _short_sides(paths: list[Path]) -> list[float]:
-    """Each photo's short side from its header (inf when unreadable: the evaluation says why)."""
-    from PIL import Image
-
-    sides = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                sides.append(float(min(image.size)))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            sides.append(float("inf"))
-    return sides
 
 
 def _refuse_small(photos: Path, factors: list[int], smallest: int) -> None:

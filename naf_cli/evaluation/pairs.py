@@ -4,6 +4,8 @@ eval``, the tests and the benchmarks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from naf_cli.backbones import Backbone
@@ -14,6 +16,25 @@ from naf_cli.resampling import resize_antialiased
 BASE_CELLS = {2: 9, 4: 7, 8: 7}
 # the long side is cropped to at most this many times the short side (panoramas stay cheap)
 MAX_ASPECT = 2.0
+
+
+def needed_short_side(factor: int, patch_size: int) -> int:
+    """The short side, in pixels, a photo needs to be scored at ``factor`` (its target is never enlarged)."""
+    return BASE_CELLS[factor] * factor * patch_size
+
+
+def short_sides(paths: list[Path]) -> list[float]:
+    """Each photo's short side from its header (inf when unreadable: the evaluation says why)."""
+    from PIL import Image
+
+    sides = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sides.append(float(min(image.size)))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            sides.append(float("inf"))
+    return sides
 
 
 def downscale(images: torch.Tensor, factor: int) -> torch.Tensor:
@@ -39,9 +60,8 @@ def target_image(photo: torch.Tensor, factor: int, patch_size: int, base_cells: 
     enlarged); its long side keeps the aspect ratio, centre-cropped down to a multiple of
     ``patch x factor`` and to at most ``MAX_ASPECT`` times the short side.
     """
-    cells = base_cells if base_cells is not None else BASE_CELLS[factor]
     unit = patch_size * factor
-    short = cells * unit
+    short = base_cells * unit if base_cells is not None else needed_short_side(factor, patch_size)
     h, w = photo.shape[-2:]
     if min(h, w) < short:
         return None

@@ -17,7 +17,7 @@ from naf_cli.backbones import Backbone, load_backbone
 from naf_cli.checkpoints import load_naf, save_naf
 from naf_cli.defaults import DEFAULT_VFM
 from naf_cli.errors import OptionError
-from naf_cli.evaluation.pairs import BASE_CELLS, feature_pair
+from naf_cli.evaluation.pairs import BASE_CELLS, feature_pair, needed_short_side, short_sides
 from naf_cli.modeling.naf import NAF
 from naf_cli.training.curve import draw_curves
 from naf_cli.training.data import RandomCrops
@@ -81,6 +81,18 @@ def _check(config: TrainConfig) -> None:
                           f"fix: e.g. --crop {16 * max(config.factors) * 8}")
 
 
+def _check_validation_sizes(photos: list[Path], factors: tuple[int, ...], patch_size: int) -> None:
+    """Every validation factor needs a photo large enough for it: a factor none fits would make
+    every validation score nan, so no best weights would ever be kept."""
+    largest = max(short_sides(photos), default=0.0)
+    for factor in factors:
+        needed = needed_short_side(factor, patch_size)
+        if largest < needed:
+            raise OptionError(f"--validation-factor {factor}: no validation photo has the short side of {needed} pixels it "
+                              f"needs (the largest has {largest:.0f}); fix: leave {factor} out of --validation-factor, "
+                              f"or add larger photos to the split's validation list")
+
+
 class Validator:
     """Scores the model with ``naf eval``'s protocol on the validation photos; keeps the best."""
 
@@ -120,6 +132,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
     teachers += [load_backbone(name, None, device) for name in config.extra_backbones]
     excluded, validation_names = split_names(config.split, config.exclude)
     data = RandomCrops(Path(config.images), config.crop, excluded)
+    validator_photos = []
+    if validation_names and config.validate_every > 0:
+        validator_photos = [Path(config.images) / name for name in validation_names if (Path(config.images) / name).is_file()]
+        _check_validation_sizes(validator_photos, config.validation_factors, teachers[0].info.patch_size)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be there
     model = load_naf(config.init, device=device, backbone=config.backbone).train() if config.init else NAF().to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
@@ -143,9 +159,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
         return loss.item(), [teacher.info.name, factor]
 
     validate = None
-    if validation_names and config.validate_every > 0:
-        photos = [Path(config.images) / name for name in validation_names if (Path(config.images) / name).is_file()]
-        validator = Validator(photos, teachers[0], config.validation_factors, out_dir)
+    if validator_photos:
+        validator = Validator(validator_photos, teachers[0], config.validation_factors, out_dir)
 
         def validate() -> None:
             score = validator.score(model, run.step)
