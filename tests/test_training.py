@@ -204,3 +204,40 @@ def test_a_validation_factor_no_validation_photo_fits_is_refused_before_anything
     fits = runner.invoke(app, [*common, "-o", str(tmp_path / "ok"), "--validation-factor", "2"])
     assert fits.exit_code == 0, fits.output
     assert (tmp_path / "ok" / "best.safetensors").is_file()
+
+
+def test_the_relative_loss_is_the_mse_over_the_bilinear_mse_of_the_same_input():
+    from naf_cli.training.loop import step_loss
+
+    g = torch.Generator().manual_seed(0)
+    low, target = torch.randn(2, 5, 3, 4, generator=g), torch.randn(2, 5, 12, 16, generator=g)
+    prediction = torch.randn(2, 5, 12, 16, generator=g, requires_grad=True)
+    # bilinear x4 by hand: output pixel centre (y + 0.5) / 4 - 0.5 in input cells, clamped at the borders
+    def axis(n_in, n_out):
+        pos = ((torch.arange(n_out) + 0.5) * n_in / n_out - 0.5).clamp(min=0)
+        i0 = pos.floor().long().clamp(max=n_in - 1)
+        i1 = (i0 + 1).clamp(max=n_in - 1)
+        w1 = pos - i0
+        weights = torch.zeros(n_out, n_in)
+        weights[torch.arange(n_out), i0] += 1 - w1
+        weights[torch.arange(n_out), i1] += w1
+        return weights
+    bilinear = torch.einsum("yh,bchw,xw->bcyx", axis(3, 12), low, axis(4, 16))
+    expected = ((prediction - target) ** 2).mean() / ((bilinear - target) ** 2).mean()
+    got = step_loss(prediction, low, target, "relative")
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(step_loss(prediction, low, target), ((prediction - target) ** 2).mean())
+    got.backward()  # the bilinear term is a constant: the gradient is the MSE's, scaled
+    scale = 1 / ((bilinear - target) ** 2).mean()
+    torch.testing.assert_close(prediction.grad, 2 * (prediction - target).detach() / prediction.numel() * scale)
+
+
+def test_training_with_the_relative_loss_records_it_and_unknown_losses_are_refused(tmp_path, examples_dir):
+    common = ["train", str(examples_dir), "--steps", "2", "--batch-size", "1", "--crop", "64", "--device", "cpu"]
+    bad = runner.invoke(app, [*common, "-o", str(tmp_path / "bad"), "--loss", "l1"])
+    assert bad.exit_code == 2 and bad.stderr.strip() == "error: --loss l1 is unknown; fix: use mse or relative"
+    assert not (tmp_path / "bad").exists()
+    done = runner.invoke(app, [*common, "-o", str(tmp_path / "r"), "--loss", "relative", "--factor", "2", "4"])
+    assert done.exit_code == 0, done.output
+    config = json.loads(safe_open_metadata(tmp_path / "r" / "naf.safetensors")["config"])
+    assert config["loss"] == "relative"

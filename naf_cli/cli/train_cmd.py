@@ -43,6 +43,9 @@ def train(
     lr_schedule: Annotated[str, typer.Option(
         "--lr-schedule", help="constant, or cosine: from --lr down to 0 at the last step (a function of the step, "
         "so resuming is exact).")] = "constant",
+    loss: Annotated[str, typer.Option(
+        "--loss", help="mse (the paper's), or relative: the MSE over that of bilinear upsampling of the same input, "
+        "so every --factor weighs alike.")] = "mse",
     max_minutes: Annotated[Optional[float], typer.Option(
         "--max-minutes", help="Stop after this much wall time (at a step, state saved) and resume on the next run: "
         "for time-limited sessions and GPU leases. The final weights' path is printed once every step is done.",
@@ -85,9 +88,9 @@ def train(
     if task == "denoise":
         from naf_cli.training.denoise_loop import DenoiseConfig, train_denoiser
 
-        if also_vfm or factor or validation_factor or vfm_weights or vfm != DEFAULT_VFM:
-            raise OptionError("--vfm, --vfm-weights, --also-vfm, --factor and --validation-factor are for --task upsample; "
-                              "fix: leave them out")
+        if also_vfm or factor or validation_factor or vfm_weights or vfm != DEFAULT_VFM or loss != "mse":
+            raise OptionError("--vfm, --vfm-weights, --also-vfm, --factor, --validation-factor and --loss are for --task "
+                              "upsample; fix: leave them out")
         denoise = DenoiseConfig(
             images=str(images), out_dir=str(out_dir), kinds=tuple(noise or DenoiseConfig.kinds), steps=steps,
             batch_size=batch_size, lr=lr, crop=crop or 64, checkpoint_every=checkpoint_every, seed=seed,
@@ -109,7 +112,7 @@ def train(
         bf16=bf16, exclude=tuple(exclude or ()), extra_backbones=tuple(also_vfm or ()), factors=tuple(factor or (2,)),
         split=str(split) if split else None, validate_every=validate_every, init=str(init) if init else None,
         max_minutes=max_minutes, lr_schedule=lr_schedule,
-        validation_factors=tuple(validation_factor or TrainConfig.validation_factors),
+        validation_factors=tuple(validation_factor or TrainConfig.validation_factors), loss=loss,
     )
     run_training(config, log=lambda line: print(line, file=sys.stderr))
     _report(out_dir, steps)
