@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -80,7 +81,7 @@ def main() -> None:
             except Exception as err:  # a compiler failure is a finding, not the end of the check
                 row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
             report["rows"].append(row)  # type: ignore[union-attr]
-            print(json.dumps(row), flush=True)
+            print(json.dumps(row), file=sys.stderr, flush=True)  # as it goes; stdout holds the one report
             torch._dynamo.reset()
     print(json.dumps(report, indent=1))
 

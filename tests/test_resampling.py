@@ -33,6 +33,27 @@ def test_only_cuda_shrinks_past_the_kernel_limit_go_to_the_host():
     assert not needs_host((1, 3, 16, 16), (448, 448), cuda)  # enlarging never
 
 
+def test_the_element_size_scales_the_limit():
+    cuda = torch.device("cuda", 0)
+    assert not needs_host((1, 3, 40 * 28, 40 * 28), (28, 28), cuda, element_size=4)
+    assert needs_host((1, 3, 40 * 28, 40 * 28), (28, 28), cuda, element_size=8)  # float64: 32x
+    assert not needs_host((1, 3, 100 * 28, 28), (28, 28), cuda, element_size=2)  # float16: 128x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_host_route_keeps_the_dtype_and_the_values(monkeypatch, dtype):
+    """Forced here on the CPU (the route runs on CUDA only): same dtype and device back, the
+    values of a direct resize (half types computed in float32, as the route does)."""
+    import naf_cli.resampling as resampling
+
+    monkeypatch.setattr(resampling, "needs_host", lambda *args: True)
+    images = torch.rand(1, 3, 300, 200, generator=torch.Generator().manual_seed(1)).to(dtype)
+    got = resampling.resize_antialiased(images, (3, 2))
+    assert got.dtype == dtype and got.device == images.device and got.shape == (1, 3, 3, 2)
+    exact = images.float() if dtype == torch.bfloat16 else images
+    torch.testing.assert_close(got, _reference(exact, (3, 2)).to(dtype), rtol=0, atol=0)
+
+
 @pytest.mark.cuda
 def test_a_128x_shrink_on_cuda_matches_the_cpu():
     images = torch.rand(1, 3, 896, 1344, generator=torch.Generator().manual_seed(0))

@@ -237,7 +237,23 @@ def test_training_with_the_relative_loss_records_it_and_unknown_losses_are_refus
     bad = runner.invoke(app, [*common, "-o", str(tmp_path / "bad"), "--loss", "l1"])
     assert bad.exit_code == 2 and bad.stderr.strip() == "error: --loss l1 is unknown; fix: use mse or relative"
     assert not (tmp_path / "bad").exists()
-    done = runner.invoke(app, [*common, "-o", str(tmp_path / "r"), "--loss", "relative", "--factor", "2", "4"])
-    assert done.exit_code == 0, done.output
-    config = json.loads(safe_open_metadata(tmp_path / "r" / "naf.safetensors")["config"])
-    assert config["loss"] == "relative"
+    runs = {}
+    for loss in ("relative", "mse"):
+        done = runner.invoke(app, [*common, "-o", str(tmp_path / loss), "--loss", loss, "--factor", "2", "4"])
+        assert done.exit_code == 0, done.output
+        assert json.loads(safe_open_metadata(tmp_path / loss / "naf.safetensors")["config"])["loss"] == loss
+        with open(tmp_path / loss / "loss.csv") as handle:
+            runs[loss] = float(next(csv.DictReader(handle))["loss"])
+    # the same first batch and weights: the relative loss is the MSE over the bilinear MSE (features: tens)
+    assert runs["mse"] / runs["relative"] > 2
+
+
+def test_a_split_whose_validation_photos_are_not_in_the_folder_is_refused_in_one_line(tmp_path, examples_dir):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["astronaut.jpg"], "validation": ["elsewhere.jpg", "gone.jpg"]}))
+    result = runner.invoke(app, ["train", str(examples_dir), "-o", str(tmp_path / "r"), "--split", str(split),
+                                 "--validate-every", "2", "--steps", "2", "--crop", "64", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (f"error: none of the 2 validation photos of {split} is in {examples_dir}; fix: pass the "
+                                     "folder the split was made for, or --validate-every 0")
+    assert not (tmp_path / "r").exists()

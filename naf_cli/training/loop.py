@@ -50,7 +50,7 @@ class TrainConfig(RunSettings):
 
     ``loss``: ``mse``, the paper's plain MSE; or ``relative``, the MSE divided by that of the
     bilinear upsampling of the same input (detached, per batch), so that every factor weighs
-    alike: at x16 the plain MSE is 3-5 times that of x2, and its steps dominate a mixed run.
+    alike: at x16 the plain MSE is about 3 times that of x2, and its steps dominate a mixed run.
     """
 
     backbone: str = DEFAULT_VFM
@@ -109,7 +109,7 @@ def step_loss(prediction: torch.Tensor, low: torch.Tensor, target: torch.Tensor,
     loss = F.mse_loss(prediction, target)
     if kind == "relative":
         bilinear = F.interpolate(low, size=(int(target.shape[-2]), int(target.shape[-1])), mode="bilinear", align_corners=False)
-        loss = loss / F.mse_loss(bilinear, target).detach()
+        loss = loss / F.mse_loss(bilinear, target).detach().clamp_min(1e-12)
     return loss
 
 
@@ -155,6 +155,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> NAF:
     validator_photos = []
     if validation_names and config.validate_every > 0:
         validator_photos = [Path(config.images) / name for name in validation_names if (Path(config.images) / name).is_file()]
+        if not validator_photos:
+            raise OptionError(f"none of the {len(validation_names)} validation photos of {config.split} is in {config.images}; "
+                              f"fix: pass the folder the split was made for, or --validate-every 0")
         _check_validation_sizes(validator_photos, config.validation_factors, teachers[0].info.patch_size)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be there
     model = load_naf(config.init, device=device, backbone=config.backbone).train() if config.init else NAF().to(device).train()
