@@ -9,7 +9,7 @@ import torch.nn.functional as F
 # (32 iw + 33 ih) x the element size, with 2 x shrink + 1 taps per axis, so float32 fails past
 # about 94x on both axes (about 185x on one) with "Too much shared memory required". Up to this
 # float32 shrink (scaled by the element size) the kernel is safe; past it the resize runs on the
-# CPU, which has no such limit (same filter, same result).
+# CPU, which has no such limit (same filter; equal to the CUDA kernel to float rounding).
 CUDA_MAX_SHRINK = 64
 
 
