@@ -10,13 +10,14 @@ loaded ms, slowdown, and NAF's slowdown over the floor's (the speed issue's goal
 Time it on an otherwise idle machine (check `uptime`).
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - naf_cli before torch (below)
 
 import argparse
 import multiprocessing
 import statistics
 import time
 
+import naf_cli  # noqa: F401 - first, as the CLI does: it shortens OpenMP's idle spin before torch loads
 import torch
 
 from naf_cli.bench.cases import BenchCase
@@ -47,7 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     machine = machine_report("cpu")
     print(f"{machine['cpu']}, {machine['cores']} cores, flags {', '.join(machine['cpu_flags'])}, torch {machine['torch']}, "
-          f"x{args.ratio:g}, {args.load} competitors, {time.strftime('%Y-%m-%d')}")
+          f"x{args.ratio:g}, {args.load} competitors, {time.strftime('%Y-%m-%d')}; encoder convolution "
+          f"{str(machine['encoder_convolution']).split(':')[0]}, OpenMP spin {machine['openmp_spin']}")
     print("| row | threads | idle ms | loaded ms | slowdown |\n|---|---|---|---|---|")
     slowdowns: dict[tuple[str, int], float] = {}
     for threads in args.threads or [torch.get_num_threads()]:

@@ -8,6 +8,7 @@ import platform
 import torch
 
 import naf_cli
+from naf_cli import openmp_spin
 from naf_cli.cpu_threads import usable_cpus
 
 
@@ -42,6 +43,16 @@ def attention_report(device: str) -> dict[str, str]:
     return report
 
 
+def convolution_report(device: str) -> dict[str, str]:
+    """How NAF's encoder convolves in float32 on ``device`` (Winograd or direct, and why), and
+    the OpenMP spin setting that decides how much Winograd gains."""
+    from naf_cli.modeling.encoder_convolution import CONVOLUTIONS, DIRECT, WINOGRAD, winograd_refusal
+
+    reason = winograd_refusal(torch.device(device), torch.float32)
+    route = f"{WINOGRAD}: {CONVOLUTIONS[WINOGRAD]}" if reason is None else f"{DIRECT} ({reason})"
+    return {"encoder convolution": route, "openmp idle spin": openmp_spin.outcome}
+
+
 def environment_report(device: str = "cpu") -> dict[str, str]:
     cuda = torch.cuda.is_available()
     return {
@@ -52,5 +63,6 @@ def environment_report(device: str = "cpu") -> dict[str, str]:
         "cuda available": str(cuda),
         "natten": natten_status(),
         **attention_report(device),
+        **convolution_report(device),
         "cpu threads": f"{torch.get_num_threads()} of {usable_cpus()} usable CPUs (NAF uses fewer while other processes keep CPUs busy)",
     }

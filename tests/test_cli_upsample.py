@@ -135,6 +135,7 @@ def test_version_help_and_env():
     result = runner.invoke(app, ["env", "--device", "cpu"])
     assert result.exit_code == 0
     assert "natten:" in result.stdout and "attention backend:" in result.stdout and "torch:" in result.stdout
+    assert "encoder convolution: " in result.stdout and "openmp idle spin: " in result.stdout
 
 
 def test_values_beyond_float16_range_are_kept_in_float32(tmp_path):

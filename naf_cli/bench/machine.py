@@ -31,7 +31,10 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
 
 def machine_report(device: str) -> dict[str, object]:
     """CPU model and flags, cores, torch version and build capability, and the device."""
+    from naf_cli.environment import convolution_report
+
     model, flags = cpu_model_and_flags()
+    convolution = convolution_report(device)
     report: dict[str, object] = {
         "cpu": model,
         "cpu_flags": flags,
@@ -41,6 +44,9 @@ def machine_report(device: str) -> dict[str, object]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16_hardware": cpu_has_bf16_hardware(),  # whether bf16 autocast runs the attention in bf16 here
         "device": device,
+        # how NAF's encoder convolves here, and the OpenMP setting Winograd's gain depends on
+        "encoder_convolution": convolution["encoder convolution"],
+        "openmp_spin": convolution["openmp idle spin"],
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         report["gpu"] = torch.cuda.get_device_name(torch.device(device))

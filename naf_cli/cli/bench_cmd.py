@@ -141,7 +141,9 @@ def _render(report: dict) -> None:
     for name, settings in dict.fromkeys((row["upsampler"], row.get("settings")) for row in report["rows"]):
         if settings:
             console.print(f"{name}: {settings} (its shipped settings, as naf upsample --upsampler {name} uses them).")
-    console.print("floor: the encoder's convolutions alone (plain, no norms, no attention) on the same guidance image: "
-                  "what any upsampler with this encoder costs at least. ms/img: median of the timed forwards. "
+    console.print(f"NAF's encoder convolution: {machine['encoder_convolution']}; OpenMP idle spin: {machine['openmp_spin']}.")
+    console.print("floor: the encoder's convolutions alone (plain, no norms, no attention) on the same guidance image, "
+                  "by the direct route (oneDNN): what any upsampler with this encoder costs at least, unless it "
+                  "convolves its 3x3 layers by Winograd, as NAF does where it can. ms/img: median of the timed forwards. "
                   "peak MB: the most memory in use above what was in use before the first forward, output included; "
                   "> output MB: that peak less the output tensor itself (what the upsampler needs besides its result).")

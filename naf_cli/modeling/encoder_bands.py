@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from naf_cli.modeling.encoder_convolution import DIRECT, convolve, layer_route, memory_format
 from naf_cli.modeling.guidance import ConvBlock, ImageEncoder
 
 CPU_BAND_ROWS = 32
@@ -24,7 +25,8 @@ CPU_BAND_ROWS = 32
 
 @dataclass
 class BandedMap:
-    """A [B, C, H, W] map held as bands of ``band_rows`` rows (channels_last), with the
+    """A [B, C, H, W] map held as bands of ``band_rows`` rows (in the layout of the route that
+    made them: channels_last, or NCHW after Winograd), with the
     per-channel sums and sums of squares that GroupNorm needs (float64, [B, C])."""
 
     bands: list[torch.Tensor]
@@ -69,9 +71,11 @@ def _group_norm_affine(stats: BandedMap, width: int, norm: nn.GroupNorm) -> tupl
 
 def _conv_layer(
     source: BandedMap, conv: nn.Conv2d, norm: nn.GroupNorm | None, out: torch.Tensor | None = None,
-    between_bands: Callable[[], object] | None = None,
+    between_bands: Callable[[], object] | None = None, route: str = DIRECT,
+    layout: torch.memory_format = torch.channels_last,
 ) -> BandedMap:
-    """``conv(silu(norm(source)))`` (or ``conv(source)`` without a norm), band by band.
+    """``conv(silu(norm(source)))`` (or ``conv(source)`` without a norm), band by band, by
+    the convolution ``route`` (``encoder_convolution``), its input laid out as ``layout``.
 
     With ``out`` given, each band is written into it (rows of a [B, C', H, W] view) and no
     statistics are kept: the last layer of a branch. ``between_bands`` is called before each band.
@@ -91,7 +95,7 @@ def _conv_layer(
         rows = band.shape[2]
         buffer = torch.empty(
             batch, channels, rows + 2 * pad, width + 2 * pad, dtype=band.dtype, device=band.device,
-            memory_format=torch.channels_last,
+            memory_format=layout,
         )
         pieces = [(pad, band)] + [
             (pad + offset, source.row(r0 + offset))
@@ -110,13 +114,17 @@ def _conv_layer(
             for c in range(pad):
                 buffer[:, :, :, pad - 1 - c].copy_(buffer[:, :, :, pad + 1 + c])
                 buffer[:, :, :, pad + width + c].copy_(buffer[:, :, :, pad + width - 2 - c])
-        result = F.conv2d(buffer, weight, bias)
+        result = convolve(buffer, weight, bias, route)
         if out is not None:
             out[:, :, r0:r0 + rows].copy_(result)
             continue
-        flat = result.permute(0, 2, 3, 1).reshape(batch, -1, conv.out_channels)
-        sums += flat.sum(1).double()
-        squares += (flat * flat).sum(1).double()
+        if result.is_contiguous():
+            sums += result.sum((2, 3)).double()
+            squares += torch.linalg.vector_norm(result, dim=(2, 3)).double().square()
+        else:
+            flat = result.permute(0, 2, 3, 1).reshape(batch, -1, conv.out_channels)
+            sums += flat.sum(1).double()
+            squares += (flat * flat).sum(1).double()
         bands.append(result)
     return BandedMap(bands, source.band_rows, source.height, sums, squares)
 
@@ -143,7 +151,7 @@ def branch_layers(branch: nn.Sequential) -> list[tuple[nn.Conv2d, nn.GroupNorm |
 
 def encode_in_bands(
     encoder: ImageEncoder, image: torch.Tensor, band_rows: int = CPU_BAND_ROWS,
-    between_bands: Callable[[], object] | None = None,
+    between_bands: Callable[[], object] | None = None, convolution: str = DIRECT,
 ) -> torch.Tensor:
     """``encoder.encode(image)`` computed band by band.
 
@@ -151,6 +159,7 @@ def encode_in_bands(
         image: [B, 3, Hg, Wg], prepared (``encoder.prepare``) and normalised.
         band_rows: rows per band; the whole height in one band is the plain layer-by-layer path.
         between_bands: called before each band of each layer (NAF refits its CPU threads there).
+        convolution: the route of the layers it suits (``encoder_convolution.resolve_convolution``).
 
     Returns:
         [B, dim, Hg, Wg] in channels_last memory format.
@@ -165,9 +174,11 @@ def encode_in_bands(
     for layers in branches:
         current = source
         channels = layers[-1][0].out_channels
+        # one layout through the branch, the one its main layers read fastest: no conversions between layers
+        layout = memory_format(layer_route(layers[-1][0], convolution))
         for index, (conv, norm) in enumerate(layers):
             last = index == len(layers) - 1
             target = out[:, first:first + channels] if last else None
-            current = _conv_layer(current, conv, norm, target, between_bands)
+            current = _conv_layer(current, conv, norm, target, between_bands, layer_route(conv, convolution), layout)
         first += channels
     return out

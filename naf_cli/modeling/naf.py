@@ -20,6 +20,7 @@ from naf_cli.modeling.attention import (
     get_backend,
 )
 from naf_cli.modeling.encoder_bands import CPU_BAND_ROWS, encode_in_bands
+from naf_cli.modeling.encoder_convolution import check_convolution, resolve_convolution
 from naf_cli.modeling.guidance import ImageEncoder
 from naf_cli.modeling.queries import QueryRows, pool_columns
 from naf_cli.modeling.upsampler import Upsampler
@@ -37,6 +38,9 @@ class NAF(Upsampler):
     at the feature resolution are the keys; each output vector is the softmax-weighted mix
     of the ``kernel_size x kernel_size`` features around its low-resolution cell. The
     attention has no parameters, so one set of weights serves any backbone.
+
+    ``attention_backend`` and ``encoder_convolution`` (``"winograd"`` or ``"direct"``) pick how
+    inference runs; None chooses per device (``modeling.attention``, ``modeling.encoder_convolution``).
     """
 
     mean: torch.Tensor
@@ -51,6 +55,7 @@ class NAF(Upsampler):
         context_kernel: int = 3,
         max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         attention_backend: str | None = None,
+        encoder_convolution: str | None = None,
     ) -> None:
         super().__init__()
         self.dim, self.num_blocks, self.context_kernel = dim, num_blocks, context_kernel
@@ -60,6 +65,8 @@ class NAF(Upsampler):
         if attention_backend is not None:
             get_backend(attention_backend)  # unknown names fail here, not at the first forward
         self.attention_backend = attention_backend
+        check_convolution(encoder_convolution)  # as for the backend: unknown names fail here
+        self.encoder_convolution = encoder_convolution
         self.image_encoder = ImageEncoder(dim, num_blocks, context_kernel, num_heads)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -160,6 +167,7 @@ class NAF(Upsampler):
         keep = features.shape[0] * height * width * self.image_encoder.rope.dim * 4 <= self.max_chunk_bytes
         kept: dict[int, torch.Tensor] = {}
         cache: dict[str, object] = {}  # the backend's work shared between bands of this output
+        convolution = resolve_convolution(self.encoder_convolution, image.device, image.dtype)
         # on a CPU the threads follow the free CPUs, step by step (restored around each yield)
         fit = process_fit() if image.device.type == "cpu" else None
         # no_grad around each step, never around a yield (that would leak into the caller)
@@ -167,7 +175,7 @@ class NAF(Upsampler):
             guide = self.image_encoder.prepare(self._normalise(image), (height, width))
             encoder_rows = CPU_BAND_ROWS if guide.device.type == "cpu" else int(guide.shape[-2])
             refit = fit.refit if fit is not None else None
-            encoded = encode_in_bands(self.image_encoder, guide, encoder_rows, refit)
+            encoded = encode_in_bands(self.image_encoder, guide, encoder_rows, refit, convolution)
             rows = QueryRows(encoded, (height, width), self.image_encoder.rope)
             same_size = low == (height, width)
             if same_size:
