@@ -113,3 +113,16 @@ def test_openmp_spin_is_set_before_torch_loads_and_a_users_own_is_kept(monkeypat
     env["GOMP_SPINCOUNT"] = "5"
     kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert kept.stdout.split() == ["False", "5"]
+
+
+def test_torch_compile_traces_the_direct_route():
+    # NNPACK's operator has no fake-tensor kernel: tracing it fails, so a traced forward takes
+    # the direct route (backend "eager": dynamo traces, no C++ compiler needed)
+    model = _model(2)
+    image, features = torch.rand(1, 3, 24, 20), torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        traced = torch.compile(model, backend="eager")(image, features, (24, 20))
+        model.encoder_convolution = ec.DIRECT
+        direct = model(image, features, (24, 20))
+    torch._dynamo.reset()
+    torch.testing.assert_close(traced, direct, rtol=1e-5, atol=1e-5)

@@ -61,6 +61,8 @@ def winograd_refusal(device: torch.device, dtype: torch.dtype) -> str | None:
         return f"NNPACK computes in float32 only, not {str(dtype).removeprefix('torch.')}"
     if torch.is_autocast_enabled("cpu"):
         return "autocast is on: the direct route runs the convolutions in its reduced precision"
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing: NNPACK's operator has no fake-tensor kernel to trace"
     if not nnpack_ready():
         return "this PyTorch has no NNPACK, or NNPACK does not support this CPU"
     if _pool_threads and torch.get_num_threads() < _pool_threads[0]:
