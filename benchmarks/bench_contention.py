@@ -7,17 +7,22 @@ neighbour's job on a shared node). Each row (the floor, and NAF with the paper's
 features [384, 28, 28], 448 x 448 photo) is timed in this process, idle then loaded, with the
 thread counts given (default: torch's). Prints one Markdown row per (row, threads): idle ms,
 loaded ms, slowdown, and NAF's slowdown over the floor's (the speed issue's goal: at most 1.5).
-Time it on an otherwise idle machine (check `uptime`).
+Time it on an otherwise idle machine (check `uptime`). Give --threads in decreasing order:
+NNPACK's pool is made at the first count, and a smaller count then takes the direct route.
 """
 
-from __future__ import annotations  # noqa: I001 - naf_cli before torch (below)
+# ruff: noqa: E402 - torch and what imports it come after openmp_spin.shorten_spin()
+from __future__ import annotations
 
 import argparse
 import multiprocessing
 import statistics
 import time
 
-import naf_cli  # noqa: F401 - first, as the CLI does: it shortens OpenMP's idle spin before torch loads
+from naf_cli import openmp_spin
+
+openmp_spin.shorten_spin()  # as the naf command does, before torch loads
+
 import torch
 
 from naf_cli.bench.cases import BenchCase

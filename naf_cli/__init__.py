@@ -13,10 +13,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from naf_cli import openmp_spin
-
-openmp_spin.shorten_spin()  # before torch loads: libgomp reads its spin count once
-
 __version__ = "0.2.0.dev0"
 
 _EXPORTS = {

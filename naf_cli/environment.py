@@ -50,7 +50,7 @@ def convolution_report(device: str) -> dict[str, str]:
 
     reason = winograd_refusal(torch.device(device), torch.float32)
     route = f"{WINOGRAD}: {CONVOLUTIONS[WINOGRAD]}" if reason is None else f"{DIRECT} ({reason})"
-    return {"encoder convolution": route, "openmp idle spin": openmp_spin.outcome}
+    return {"encoder convolution": route, "openmp idle spin": openmp_spin.describe()}
 
 
 def environment_report(device: str = "cpu") -> dict[str, str]:
@@ -64,5 +64,5 @@ def environment_report(device: str = "cpu") -> dict[str, str]:
         "natten": natten_status(),
         **attention_report(device),
         **convolution_report(device),
-        "cpu threads": f"{torch.get_num_threads()} of {usable_cpus()} usable CPUs (NAF uses fewer while other processes keep CPUs busy)",
+        "cpu threads": f"{torch.get_num_threads()} of {usable_cpus()} usable CPUs (NAF uses fewer while other processes keep CPUs busy; its Winograd layers keep NNPACK's pool)",
     }

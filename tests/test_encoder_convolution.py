@@ -28,7 +28,9 @@ def _model(seed=0, **kwargs):
 
 
 @needs_nnpack
-@pytest.mark.parametrize("shape,band_rows", [((2, 3, 37, 41), 16), ((1, 3, 64, 48), 1000), ((1, 3, 2, 9), 1), ((1, 3, 70, 5), 32)])
+# (2, 3, 64, 96) in 32-row bands: a batch at a size where NNPACK's own choice would be FFT
+@pytest.mark.parametrize("shape,band_rows", [((2, 3, 37, 41), 16), ((2, 3, 64, 96), 32), ((1, 3, 64, 48), 1000),
+                                             ((1, 3, 2, 9), 1), ((1, 3, 70, 5), 32)])
 def test_winograd_encoder_equals_the_float64_encoder(shape, band_rows):
     model = _model()
     image = torch.rand(*shape)
@@ -46,7 +48,10 @@ def test_winograd_encoder_equals_the_float64_encoder(shape, band_rows):
 
 
 @needs_nnpack
-def test_naf_output_is_the_same_by_either_route():
+def test_naf_output_is_the_same_by_either_route(monkeypatch):
+    # whatever thread count an earlier test left NNPACK's pool at (the result does not depend on it)
+    monkeypatch.setattr(ec, "_pool_threads", [torch.get_num_threads()])
+    monkeypatch.setattr(ec, "_pool_pid", [os.getpid()])
     model = _model(1)
     image, features = torch.rand(1, 3, 96, 80), torch.randn(1, 8, 6, 5)
     outputs = {}
@@ -78,7 +83,7 @@ def test_the_chooser_says_why_winograd_cannot_run(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "autocast" in ec.winograd_refusal(cpu, torch.float32)
         assert ec.resolve_convolution(None, cpu, torch.float32) == ec.DIRECT
-    with pytest.raises(ec.ConvolutionError, match="'winograd' cannot run here: NNPACK computes in float32 only.*fix:"):
+    with pytest.raises(ec.ConvolutionError, match=r"'winograd' cannot run here: NNPACK computes in float32 only.*fix:"):
         ec.resolve_convolution(ec.WINOGRAD, cpu, torch.float16)
     with pytest.raises(UnknownNameError, match="unknown encoder convolution 'fft'; known: winograd, direct"):
         NAF(encoder_convolution="fft")
@@ -87,31 +92,60 @@ def test_the_chooser_says_why_winograd_cannot_run(monkeypatch):
     assert ec.resolve_convolution(None, cpu, torch.float32) == ec.DIRECT
 
 
-def test_a_pool_larger_than_torchs_threads_is_refused(monkeypatch):
+def test_a_pool_of_another_size_or_process_is_refused(monkeypatch):
+    cpu, threads = torch.device("cpu"), torch.get_num_threads()
     monkeypatch.setattr(ec, "nnpack_ready", lambda: True)
-    monkeypatch.setattr(ec, "_pool_threads", [torch.get_num_threads() + 1])
-    reason = ec.winograd_refusal(torch.device("cpu"), torch.float32)
-    assert reason is not None and f"has {torch.get_num_threads() + 1} threads" in reason
+    monkeypatch.setattr(ec, "_failures", [])
+    monkeypatch.setattr(ec, "_pool_pid", [os.getpid()])
+    for size in {threads + 1, max(1, threads - 1)} - {threads}:
+        monkeypatch.setattr(ec, "_pool_threads", [size])
+        assert f"pool has {size} threads and torch {threads}" in ec.winograd_refusal(cpu, torch.float32)
+    monkeypatch.setattr(ec, "_pool_threads", [threads])
+    assert ec.winograd_refusal(cpu, torch.float32) is None
+    monkeypatch.setattr(ec, "_pool_threads", [2])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(ec, "_pool_pid", [os.getpid() + 1])  # as in a forked child
+    assert "parent of this forked process" in ec.winograd_refusal(cpu, torch.float32)
+
+
+@needs_nnpack
+def test_switching_nnpack_off_is_respected():
+    with torch.backends.nnpack.flags(enabled=False):
+        assert "switched off" in ec.winograd_refusal(torch.device("cpu"), torch.float32)
+        assert ec.resolve_convolution(None, torch.device("cpu"), torch.float32) == ec.DIRECT
+
+
+def test_an_nnpack_failure_falls_back_to_the_direct_route(monkeypatch):
+    def failing(*args):
+        raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
+
+    monkeypatch.setattr(ec, "_failures", [])
     monkeypatch.setattr(ec, "_pool_threads", [torch.get_num_threads()])
-    assert ec.winograd_refusal(torch.device("cpu"), torch.float32) is None
+    monkeypatch.setattr(ec, "_pool_pid", [os.getpid()])
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", failing)
+    x, weight = torch.randn(2, 16, 9, 11), torch.randn(8, 16, 3, 3)
+    torch.testing.assert_close(ec.convolve(x, weight, None, ec.WINOGRAD), F.conv2d(x, weight))
+    monkeypatch.setattr(ec, "nnpack_ready", lambda: True)
+    assert "failed earlier in this process: NNPACK SpatialConvolution" in ec.winograd_refusal(torch.device("cpu"), torch.float32)
 
 
-def test_openmp_spin_is_set_before_torch_loads_and_a_users_own_is_kept(monkeypatch):
-    monkeypatch.setattr(openmp_spin, "outcome", openmp_spin.outcome)  # restored after the test
+def test_the_cli_sets_the_openmp_spin_before_torch_loads_and_keeps_one_set(monkeypatch):
+    monkeypatch.setattr(openmp_spin, "outcome", "")  # restored after the test
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     # here torch is loaded: nothing is set, and the outcome says how to get it
-    assert "torch was imported before naf_cli" in openmp_spin.shorten_spin()
+    assert "GNU OpenMP's default (set GOMP_SPINCOUNT=30000 before starting Python" in openmp_spin.shorten_spin()
     assert "GOMP_SPINCOUNT" not in os.environ
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert openmp_spin.shorten_spin() == "kept the user's OMP_WAIT_POLICY=PASSIVE"
-    # a fresh interpreter: import naf_cli (which does not load torch) sets it
+    assert openmp_spin.shorten_spin() == "kept from the environment: OMP_WAIT_POLICY=PASSIVE"
+    # fresh interpreters: the library leaves the environment alone; the CLI package sets it first
     env = {key: value for key, value in os.environ.items() if key not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    code = "import sys, os, naf_cli; print('torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT'))"
-    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert fresh.stdout.split() == ["False", openmp_spin.SPIN_COUNT]
+    code = "import sys, os, {}; print('torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT'))"
+    for module, expected in (("naf_cli", "None"), ("naf_cli.cli", openmp_spin.SPIN_COUNT)):
+        fresh = subprocess.run([sys.executable, "-c", code.format(module)], capture_output=True, text=True, env=env, check=True)
+        assert fresh.stdout.split() == ["False", expected], module
     env["GOMP_SPINCOUNT"] = "5"
-    kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    kept = subprocess.run([sys.executable, "-c", code.format("naf_cli.cli")], capture_output=True, text=True, env=env, check=True)
     assert kept.stdout.split() == ["False", "5"]
 
 

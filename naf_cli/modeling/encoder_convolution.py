@@ -2,17 +2,22 @@
 Winograd transform for its 3x3 layers on a CPU.
 
 Winograd's F(6x6, 3x3) computes a 3x3 convolution with about 5x fewer multiplications, at
-the cost of transforms (measured here, 128 -> 128 channels on 448 x 448 in bands, 2 AVX-512
-cores: 145 ms against oneDNN's 273 ms). Its error is about twice the direct route's (1e-6 of
-the encoder's output, relative; NAF's output moves by 2e-7 of its distance from bilinear).
+the cost of transforms (measured here, 128 -> 128 channels on 448 x 448 in 14 bands, 2
+AVX-512 cores: 145 ms against oneDNN's 273 ms). Its largest error is 2.5x the direct
+route's, 5e-6 of the encoder's largest output (NAF's output moves by 2e-7 of its distance
+from bilinear). Measured on x86 with AVX-512 only; NNPACK also has AVX2 and ARM NEON kernels.
 
 NNPACK keeps a thread pool of its own, sized by torch's thread count when it is first used
-and never resized; NAF makes it at the start of a forward, at the user's thread count.
+and never resized; NAF makes it at the start of a forward, at the user's thread count, and
+takes the direct route in forwards that start at another count or in another process.
+Images of a batch are convolved one at a time: for a batch NNPACK would pick FFT instead.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,8 @@ CONVOLUTIONS = {
 MIN_WINOGRAD_CHANNELS = 16
 
 _pool_threads: list[int] = []  # NNPACK's pool size, known from our first call
+_pool_pid: list[int] = []  # the process that made it (a forked child has its memory, not its threads)
+_failures: list[str] = []  # NNPACK's own error, once it has raised one (every later call is direct)
 
 
 class ConvolutionError(OptionError):
@@ -41,7 +48,11 @@ def nnpack_ready() -> bool:
     """NNPACK is built into this PyTorch and supports this CPU (the check also initialises it,
     which every NNPACK call needs first)."""
     check = getattr(torch, "_nnpack_available", None)
-    return check is not None and hasattr(torch, "_nnpack_spatial_convolution") and bool(check())
+    if check is None or not hasattr(torch, "_nnpack_spatial_convolution"):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Could not initialize NNPACK": the refusal says it
+        return bool(check())
 
 
 def layer_refusal(conv: nn.Conv2d) -> str | None:
@@ -65,9 +76,16 @@ def winograd_refusal(device: torch.device, dtype: torch.dtype) -> str | None:
         return "torch.compile is tracing: NNPACK's operator has no fake-tensor kernel to trace"
     if not nnpack_ready():
         return "this PyTorch has no NNPACK, or NNPACK does not support this CPU"
-    if _pool_threads and torch.get_num_threads() < _pool_threads[0]:
-        return (f"NNPACK's thread pool has {_pool_threads[0]} threads, more than torch's {torch.get_num_threads()} "
-                "(set after NNPACK's first use; it never resizes)")
+    get_enabled = getattr(torch._C, "_get_nnpack_enabled", None)
+    if get_enabled is not None and not get_enabled():
+        return "NNPACK is switched off (torch.backends.nnpack.set_flags(False))"
+    if _failures:
+        return f"NNPACK failed earlier in this process: {_failures[0]}"
+    if _pool_pid and _pool_pid[0] != os.getpid() and _pool_threads[0] > 1:
+        return "NNPACK's thread pool was made by the parent of this forked process: its threads are not here"
+    if _pool_threads and torch.get_num_threads() != _pool_threads[0]:
+        return (f"NNPACK's thread pool has {_pool_threads[0]} threads and torch {torch.get_num_threads()} "
+                "(the pool was made at NNPACK's first use and never resizes)")
     return None
 
 
@@ -84,6 +102,7 @@ def start_pool() -> None:
         threads = torch.get_num_threads()
         torch._nnpack_spatial_convolution(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 3, 3), None, [0, 0])
         _pool_threads.append(threads)
+        _pool_pid.append(os.getpid())
 
 
 def resolve_convolution(name: str | None, device: torch.device, dtype: torch.dtype) -> str:
@@ -121,7 +140,13 @@ def memory_format(route: str) -> torch.memory_format:
 def convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, route: str) -> torch.Tensor:
     """``conv2d(x, weight, bias)`` without padding, by ``route``.
     x: [B, Cin, H, W] -> [B, Cout, H - kh + 1, W - kw + 1]."""
-    if route == WINOGRAD:
-        start_pool()
-        return torch._nnpack_spatial_convolution(x.contiguous(), weight, bias, [0, 0])
+    if route == WINOGRAD and not _failures and not torch.compiler.is_compiling():
+        try:
+            start_pool()
+            # one image at a time: for a batch, NNPACK's own choice is FFT, slower here
+            images = [torch._nnpack_spatial_convolution(image[None].contiguous(), weight, bias, [0, 0]) for image in x]
+        except RuntimeError as err:  # NNPACK's status codes all read "failed": keep the run going, direct
+            _failures.append(str(err).strip().splitlines()[0][:200])
+        else:
+            return images[0] if len(images) == 1 else torch.cat(images)
     return F.conv2d(x, weight, bias)
