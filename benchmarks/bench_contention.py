@@ -54,7 +54,7 @@ def main() -> None:
     machine = machine_report("cpu")
     print(f"{machine['cpu']}, {machine['cores']} cores, flags {', '.join(machine['cpu_flags'])}, torch {machine['torch']}, "
           f"x{args.ratio:g}, {args.load} competitors, {time.strftime('%Y-%m-%d')}; encoder convolution "
-          f"{str(machine['encoder_convolution']).split(':')[0]}, OpenMP spin {machine['openmp_spin']}")
+          f"{machine['encoder_convolution']}; OpenMP spin {machine['openmp_spin']}")
     print("| row | threads | idle ms | loaded ms | slowdown |\n|---|---|---|---|---|")
     slowdowns: dict[tuple[str, int], float] = {}
     for threads in args.threads or [torch.get_num_threads()]:

@@ -141,7 +141,8 @@ def _render(report: dict) -> None:
     for name, settings in dict.fromkeys((row["upsampler"], row.get("settings")) for row in report["rows"]):
         if settings:
             console.print(f"{name}: {settings} (its shipped settings, as naf upsample --upsampler {name} uses them).")
-    console.print(f"NAF's encoder convolution: {machine['encoder_convolution']}; OpenMP idle spin: {machine['openmp_spin']}.")
+    console.print(f"NAF's encoder convolution in fp32 rows: {machine['encoder_convolution']} (bf16/fp16 rows: direct); "
+                  f"OpenMP idle spin: {machine['openmp_spin']}.")
     console.print("floor: the encoder's convolutions alone (plain, no norms, no attention) on the same guidance image, "
                   "by the direct route (oneDNN): what any upsampler with this encoder costs at least, unless it "
                   "convolves its 3x3 layers by Winograd, as NAF does where it can. ms/img: median of the timed forwards. "
