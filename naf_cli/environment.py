@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import shutil
 
 import torch
 
@@ -53,6 +54,11 @@ def convolution_report(device: str) -> dict[str, str]:
     return {"encoder convolution": route, "openmp idle spin": openmp_spin.describe()}
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend (inductor) would build its kernels with, if any."""
+    return next((path for name in ("c++", "g++", "clang++") if (path := shutil.which(name))), None)
+
+
 def environment_report(device: str = "cpu") -> dict[str, str]:
     cuda = torch.cuda.is_available()
     return {
@@ -64,5 +70,6 @@ def environment_report(device: str = "cpu") -> dict[str, str]:
         "natten": natten_status(),
         **attention_report(device),
         **convolution_report(device),
+        "c++ compiler": cxx_compiler() or "none found (torch.compile cannot build CPU kernels; naf bench --compile rows fail)",
         "cpu threads": f"{torch.get_num_threads()} of {usable_cpus()} usable CPUs (NAF uses fewer while other processes keep CPUs busy; its Winograd layers keep NNPACK's pool)",
     }

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from naf_cli.bench.measure import compile_failure
 from naf_cli.cli.app import spread_greedy_options
+from naf_cli.environment import cxx_compiler
 from naf_cli.modeling import NAF
 
 CLI = [sys.executable, "-m", "naf_cli"]
@@ -159,3 +161,20 @@ def test_an_interrupted_bench_prints_the_rows_it_finished():
     assert report["interrupted"] and [r["ratio"] for r in report["rows"]] == [2.0]
     assert report["rows"][0]["status"] == "ok" and report["rows"][0]["ms_per_image"] > 0
     assert "error: interrupted after 1 of 3 rows (printed above); fix: " in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile's CPU backend needs a C++ compiler")
+def test_a_compiled_naf_row_records_its_compile_time():
+    result = _bench("--ratio", "2", "--upsampler", "naf", "bilinear", "--compile", "--no-floor", *SMALL, "--json")
+    assert result.returncode == 0, result.stderr
+    naf, bilinear = json.loads(result.stdout)["rows"]
+    assert naf["upsampler"] == "naf" and naf["compiled"] is True and naf["status"] == "ok", naf
+    assert naf["compile_seconds"] > 0 and naf["ms_per_image"] > 0
+    assert bilinear["compiled"] is False and bilinear["compile_seconds"] is None  # --compile is NAF's alone
+    assert "first call, compile included: " in result.stderr
+
+
+def test_a_compile_failure_is_named_by_its_error():
+    err = RuntimeError("backend='inductor' raised:\n\nRecursionError: maximum recursion depth exceeded\n\nSet TORCHDYNAMO_VERBOSE=1")
+    assert compile_failure(err) == "RuntimeError: RecursionError: maximum recursion depth exceeded"
+    assert compile_failure(ValueError("bad")) == "ValueError: bad"

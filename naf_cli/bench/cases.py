@@ -38,6 +38,7 @@ class BenchCase:
     device: str = "cpu"
     image_size: int = 448
     banded: bool = False           # NAF's band API into a sink: the output is never held whole
+    compiled: bool = False         # NAF through torch.compile (inductor)
 
     @property
     def output_size(self) -> int:
@@ -56,10 +57,10 @@ class BenchCase:
 
 def expand_cases(
     upsamplers: Iterable[str], backends: Iterable[str], ratios: Iterable[float], *, channels: int, lr_size: int,
-    batch: int, precision: str, device: str, image_size: int, banded: bool, floor: bool,
+    batch: int, precision: str, device: str, image_size: int, banded: bool, floor: bool, compiled: bool = False,
 ) -> list[BenchCase]:
-    """One case per upsampler x backend x ratio (backends apply to NAF only), plus one fp32
-    floor row per ratio first when ``floor``."""
+    """One case per upsampler x backend x ratio (backends and ``compiled`` apply to NAF only),
+    plus one fp32 floor row per ratio first when ``floor``."""
     backends = list(backends)
     cases = []
     for ratio in ratios:
@@ -70,7 +71,8 @@ def expand_cases(
             names = backends if upsampler == "naf" else [NO_BACKEND]
             for backend in names:
                 cases.append(BenchCase(
-                    upsampler, backend=backend, precision=precision, banded=banded and upsampler == "naf", **common,  # type: ignore[arg-type]
+                    upsampler, backend=backend, precision=precision, banded=banded and upsampler == "naf",
+                    compiled=compiled and upsampler == "naf", **common,  # type: ignore[arg-type]
                 ))
     return cases
 

@@ -85,6 +85,8 @@ def build_forward(case: BenchCase) -> Forward:
         return run_floor
     model: Upsampler = _naf(case) if case.upsampler == "naf" else load_upsampler(case.upsampler)[0]
     model = model.to(device).eval()
+    if case.compiled:
+        model = torch.compile(model)  # type: ignore[assignment]  # compiled at its first call
 
     def run(seed: int) -> float:
         image, features = _inputs(case, seed)
@@ -133,6 +135,15 @@ def measure(
     parameters need no run: ``bench.cases``). ``on_forward`` gets a line after each forward."""
     device = torch.device(case.device)
     forward = build_forward(case)
+    compile_seconds = None
+    if case.compiled:  # before the peak is reset: compiling is not the forward's memory
+        try:
+            with torch.inference_mode():  # as the timed forwards run: no recompile for another grad mode
+                compile_seconds = round(forward(999) / 1000, 1)
+        except Exception as err:  # a compiler failure is this row's finding, not the end of the table
+            return {"status": f"compile failed: {compile_failure(err)}"}
+        if on_forward is not None:
+            on_forward(f"  first call, compile included: {compile_seconds:,.1f} s")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         baseline = torch.cuda.memory_allocated(device)
@@ -140,7 +151,7 @@ def measure(
     else:
         _reset_high_water_mark()
         baseline = _status_kib("VmRSS") * 1024
-    timings = []
+    timings: list[float] = []
     with torch.inference_mode():
         for index in range(warmup + repeats):
             ms = forward(1000 + index if index < warmup else index - warmup)
@@ -157,7 +168,16 @@ def measure(
         "fps": round(1000.0 / ms, 4) if ms > 0 else None,
         "peak_memory_mb": round(peak / 2**20, 1),
         "repeats": repeats,
+        "compile_seconds": compile_seconds,
     }
+
+
+def compile_failure(err: BaseException) -> str:
+    """The line of a torch.compile failure that names the error (its first line is often just
+    "backend='inductor' raised:")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = next((line for line in lines if "Error" in line), lines[0] if lines else "")
+    return f"{type(err).__name__}: {named[:200]}"
 
 
 # marks the worker's progress lines on its stderr, relayed by the parent as they come
@@ -213,7 +233,7 @@ def _worker(request: str) -> None:
     parsed = json.loads(request)
     row = measure(BenchCase(**parsed["case"]), parsed["repeats"], parsed["warmup"],
                   on_forward=lambda line: print(PROGRESS + line, file=sys.stderr, flush=True))
-    row["status"] = "ok"
+    row.setdefault("status", "ok")
     print(json.dumps(row))
 
 

@@ -43,7 +43,7 @@ def base_row(case: BenchCase, backend: str, model: NAF) -> dict[str, object]:
         "upsampler": case.upsampler, "backend": backend, "ratio": case.ratio, "output_size": case.output_size,
         "channels": case.channels, "lr_size": case.lr_size, "batch": case.batch,
         "precision": "fp32" if case.upsampler == FLOOR else case.precision, "device": case.device,
-        "guidance_size": case.guidance[0], "banded": case.banded,
+        "guidance_size": case.guidance[0], "banded": case.banded, "compiled": case.compiled, "compile_seconds": None,
         "ms_per_image": None, "fps": None, "peak_memory_mb": None,
         "gflops": None if (flops := case_flops(case, model)) is None else round(flops / 1e9, 6),
         "params": case_params(case, model), "settings": case_settings(case),

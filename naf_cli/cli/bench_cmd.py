@@ -31,6 +31,7 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards first.")] = 1,
     banded: Annotated[bool, typer.Option("--banded", help="NAF through its band API into a sink: the output is never held whole.")] = False,
     floor: Annotated[bool, typer.Option("--floor/--no-floor", help="A floor row per ratio: the encoder's plain convolutions.")] = True,
+    compile_naf: Annotated[bool, typer.Option("--compile", help="NAF rows through torch.compile (inductor; on a CPU it needs a C++ compiler); the row records the first call's seconds, compile included.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print {machine, rows} as JSON instead of a table.")] = False,
 ) -> None:
     """Time upsamplers on random inputs: ms per image, FPS, peak memory, GFLOPs, parameters.
@@ -74,7 +75,7 @@ def bench(
     target = resolve_device(device)
     cases = expand_cases(
         upsamplers, backends, ratios, channels=channels, lr_size=lr_size, batch=batch, precision=precision,
-        device=target, image_size=image_size, banded=banded, floor=floor,
+        device=target, image_size=image_size, banded=banded, floor=floor, compiled=compile_naf,
     )
 
     def progress(index: int, total: int, case: BenchCase) -> None:
@@ -104,7 +105,8 @@ def bench(
 
 def _label(case: BenchCase) -> str:
     backend = f" [{case.backend}]" if case.backend != "-" else ""
-    return f"{case.upsampler}{backend} x{case.ratio:g} -> {case.output_size}x{case.output_size}, {case.precision}"
+    compiled = ", compiled" if case.compiled else ""
+    return f"{case.upsampler}{backend} x{case.ratio:g} -> {case.output_size}x{case.output_size}, {case.precision}{compiled}"
 
 
 def _number(value: object, digits: int = 1) -> str:
@@ -126,8 +128,9 @@ def _render(report: dict) -> None:
                          overflow="fold")
     for row in report["rows"]:
         above = None if row["peak_memory_mb"] is None else row["peak_memory_mb"] - row["output_mb"]
+        compiled = f", compiled in {row['compile_seconds']:,.1f} s" if row.get("compile_seconds") is not None else ""
         table.add_row(
-            row["upsampler"], row["backend"], f"x{row['ratio']:g}", f"{row['output_size']}x{row['output_size']}",
+            row["upsampler"], str(row["backend"]) + compiled, f"x{row['ratio']:g}", f"{row['output_size']}x{row['output_size']}",
             row["precision"], _number(row["ms_per_image"]), _number(row["fps"], 2), _number(row["peak_memory_mb"], 0),
             _number(above, 0), _number(row["gflops"], 1), _number(row["params"]), row["status"],
         )
