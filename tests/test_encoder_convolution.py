@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from test_bands import _model
 
 from naf_cli import openmp_spin
 from naf_cli.errors import UnknownNameError
@@ -16,15 +17,6 @@ from naf_cli.modeling import encoder_convolution as ec
 from naf_cli.modeling.encoder_bands import encode_in_bands
 
 needs_nnpack = pytest.mark.skipif(not ec.nnpack_ready(), reason="this PyTorch has no NNPACK for this CPU")
-
-
-def _model(seed=0, **kwargs):
-    torch.manual_seed(seed)
-    model = NAF(**kwargs).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # away from the init, so GroupNorm's affine matters
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
 
 
 @needs_nnpack
