@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import shutil
 
 import torch
 
@@ -54,9 +53,15 @@ def convolution_report(device: str) -> dict[str, str]:
     return {"encoder convolution": route, "openmp idle spin": openmp_spin.describe()}
 
 
-def cxx_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend (inductor) would build its kernels with, if any."""
-    return next((path for name in ("c++", "g++", "clang++") if (path := shutil.which(name))), None)
+def fused_kernels_report(device: str) -> dict[str, str]:
+    """Which of NAF's fused kernels a default module uses on ``device`` (``modeling.fused_kernels``),
+    and the C++ compiler inductor would build CPU kernels with."""
+    from naf_cli.modeling.fused_kernels import KernelChoice, cxx_compiler
+
+    return {
+        "fused kernels": KernelChoice(None).describe(torch.device(device)),
+        "c++ compiler": cxx_compiler() or "none found (torch.compile cannot build CPU kernels; NAF's fused kernels stay eager)",
+    }
 
 
 def environment_report(device: str = "cpu") -> dict[str, str]:
@@ -70,6 +75,6 @@ def environment_report(device: str = "cpu") -> dict[str, str]:
         "natten": natten_status(),
         **attention_report(device),
         **convolution_report(device),
-        "c++ compiler": cxx_compiler() or "none found (torch.compile cannot build CPU kernels; naf bench --compile rows fail)",
+        **fused_kernels_report(device),
         "cpu threads": f"{torch.get_num_threads()} of {usable_cpus()} usable CPUs (NAF uses fewer while other processes keep CPUs busy; its Winograd layers keep NNPACK's pool)",
     }

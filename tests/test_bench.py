@@ -12,10 +12,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from naf_cli.bench.measure import compile_failure
 from naf_cli.cli.app import spread_greedy_options
-from naf_cli.environment import cxx_compiler
 from naf_cli.modeling import NAF
+from naf_cli.modeling.fused_kernels import compile_failure, cxx_compiler
 
 CLI = [sys.executable, "-m", "naf_cli"]
 SMALL = ["--channels", "8", "--lr-size", "6", "--image-size", "24", "--repeats", "1", "--warmup", "0"]

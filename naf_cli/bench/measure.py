@@ -20,8 +20,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from naf_cli.allocator import release_freed_memory
 from naf_cli.bench.cases import FLOOR, BenchCase, floor_layers
-from naf_cli.modeling import NAF, Upsampler
+from naf_cli.modeling import NAF, Upsampler, fused_kernels
+from naf_cli.modeling.fused_kernels import COMPILED, EAGER, compile_failure
 from naf_cli.upsamplers import load_upsampler
 
 Forward = Callable[[int], float]
@@ -55,7 +57,8 @@ def _autocast(case: BenchCase) -> contextlib.AbstractContextManager[object]:
 
 def _naf(case: BenchCase) -> NAF:
     backend = None if case.backend in ("auto", "-") else case.backend
-    return NAF(attention_backend=backend)
+    # never the automatic choice: a long row would change kernels between its forwards
+    return NAF(attention_backend=backend, fused_kernels=COMPILED if case.compiled else EAGER)
 
 
 def _inputs(case: BenchCase, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,8 +88,6 @@ def build_forward(case: BenchCase) -> Forward:
         return run_floor
     model: Upsampler = _naf(case) if case.upsampler == "naf" else load_upsampler(case.upsampler)[0]
     model = model.to(device).eval()
-    if case.compiled:
-        model = torch.compile(model)  # type: ignore[assignment]  # compiled at its first call
 
     def run(seed: int) -> float:
         image, features = _inputs(case, seed)
@@ -142,6 +143,8 @@ def measure(
                 compile_seconds = round(forward(999) / 1000, 1)
         except Exception as err:  # a compiler failure is this row's finding, not the end of the table
             return {"status": f"compile failed: {compile_failure(err)}"}
+        if fused_kernels.failure() is not None:  # the kernels fell back to eager: the row would not be compiled
+            return {"status": f"compile failed: {fused_kernels.failure()}"}
         if on_forward is not None:
             on_forward(f"  first call, compile included: {compile_seconds:,.1f} s")
     if device.type == "cuda":
@@ -149,6 +152,8 @@ def measure(
         baseline = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     else:
+        if case.compiled:
+            release_freed_memory()  # the heap the first call grew is handed back: the timed forwards grow it again, as in eager rows
         _reset_high_water_mark()
         baseline = _status_kib("VmRSS") * 1024
     timings: list[float] = []
@@ -170,14 +175,6 @@ def measure(
         "repeats": repeats,
         "compile_seconds": compile_seconds,
     }
-
-
-def compile_failure(err: BaseException) -> str:
-    """The line of a torch.compile failure that names the error (its first line is often just
-    "backend='inductor' raised:")."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    named = next((line for line in lines if "Error" in line), lines[0] if lines else "")
-    return f"{type(err).__name__}: {named[:200]}"
 
 
 # marks the worker's progress lines on its stderr, relayed by the parent as they come

@@ -31,7 +31,7 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards first.")] = 1,
     banded: Annotated[bool, typer.Option("--banded", help="NAF through its band API into a sink: the output is never held whole.")] = False,
     floor: Annotated[bool, typer.Option("--floor/--no-floor", help="A floor row per ratio: the encoder's plain convolutions.")] = True,
-    compile_naf: Annotated[bool, typer.Option("--compile", help="NAF rows through torch.compile (inductor; on a CPU it needs a C++ compiler); the row records the first call's seconds, compile included.")] = False,
+    compile_naf: Annotated[bool, typer.Option("--compile", help="NAF rows with compiled fused kernels (torch.compile, inductor: on a CPU it needs a C++ compiler); the row records the first call's seconds, compile included. Without it NAF rows are eager.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print {machine, rows} as JSON instead of a table.")] = False,
 ) -> None:
     """Time upsamplers on random inputs: ms per image, FPS, peak memory, GFLOPs, parameters.

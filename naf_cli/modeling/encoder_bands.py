@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from naf_cli.modeling.encoder_convolution import DIRECT, convolve, layer_route, memory_format
+from naf_cli.modeling.fused_kernels import EAGER_KERNELS, FusedKernels
 from naf_cli.modeling.guidance import ConvBlock, ImageEncoder
 
 CPU_BAND_ROWS = 32
@@ -72,13 +73,14 @@ def _group_norm_affine(stats: BandedMap, width: int, norm: nn.GroupNorm) -> tupl
 def _conv_layer(
     source: BandedMap, conv: nn.Conv2d, norm: nn.GroupNorm | None, out: torch.Tensor | None = None,
     between_bands: Callable[[], object] | None = None, route: str = DIRECT,
-    layout: torch.memory_format = torch.channels_last,
+    layout: torch.memory_format = torch.channels_last, kernels: FusedKernels = EAGER_KERNELS,
 ) -> BandedMap:
     """``conv(silu(norm(source)))`` (or ``conv(source)`` without a norm), band by band, by
     the convolution ``route`` (``encoder_convolution``), its input laid out as ``layout``.
 
     With ``out`` given, each band is written into it (rows of a [B, C', H, W] view) and no
-    statistics are kept: the last layer of a branch. ``between_bands`` is called before each band.
+    statistics are kept: the last layer of a branch. ``between_bands`` is called before each band;
+    ``kernels`` sum each band for the next norm, or copy it into ``out``.
     """
     batch, channels, _, width = source.bands[0].shape
     pad = conv.kernel_size[0] // 2
@@ -116,16 +118,11 @@ def _conv_layer(
                 buffer[:, :, :, pad + width + c].copy_(buffer[:, :, :, pad + width - 2 - c])
         result = convolve(buffer, weight, bias, route)
         if out is not None:
-            out[:, :, r0:r0 + rows].copy_(result)
+            kernels.relayout(out[:, :, r0:r0 + rows], result)
             continue
-        # each layout's fastest reduction (a norm over channels_last is 15x slower than this)
-        if result.is_contiguous():
-            sums += result.sum((2, 3)).double()
-            squares += torch.linalg.vector_norm(result, dim=(2, 3)).double().square()
-        else:
-            flat = result.permute(0, 2, 3, 1).reshape(batch, -1, conv.out_channels)
-            sums += flat.sum(1).double()
-            squares += (flat * flat).sum(1).double()
+        band_sums, band_squares = kernels.channel_sums(result)
+        sums += band_sums
+        squares += band_squares
         bands.append(result)
     return BandedMap(bands, source.band_rows, source.height, sums, squares)
 
@@ -152,7 +149,7 @@ def branch_layers(branch: nn.Sequential) -> list[tuple[nn.Conv2d, nn.GroupNorm |
 
 def encode_in_bands(
     encoder: ImageEncoder, image: torch.Tensor, band_rows: int = CPU_BAND_ROWS,
-    between_bands: Callable[[], object] | None = None, convolution: str = DIRECT,
+    between_bands: Callable[[], object] | None = None, convolution: str = DIRECT, kernels: FusedKernels = EAGER_KERNELS,
 ) -> torch.Tensor:
     """``encoder.encode(image)`` computed band by band.
 
@@ -161,6 +158,7 @@ def encode_in_bands(
         band_rows: rows per band; the whole height in one band is the plain layer-by-layer path.
         between_bands: called before each band of each layer (NAF refits its CPU threads there).
         convolution: the route of the layers it suits (``encoder_convolution.resolve_convolution``).
+        kernels: the fused steps (``fused_kernels``): each band's sums for the next norm, the copy into the output.
 
     Returns:
         [B, dim, Hg, Wg] in channels_last memory format.
@@ -180,6 +178,8 @@ def encode_in_bands(
         for index, (conv, norm) in enumerate(layers):
             last = index == len(layers) - 1
             target = out[:, first:first + channels] if last else None
-            current = _conv_layer(current, conv, norm, target, between_bands, layer_route(conv, convolution), layout)
+            current = _conv_layer(
+                current, conv, norm, target, between_bands, layer_route(conv, convolution), layout, kernels,
+            )
         first += channels
     return out

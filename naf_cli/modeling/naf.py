@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
@@ -21,6 +22,7 @@ from naf_cli.modeling.attention import (
 )
 from naf_cli.modeling.encoder_bands import CPU_BAND_ROWS, encode_in_bands
 from naf_cli.modeling.encoder_convolution import check_convolution, resolve_convolution
+from naf_cli.modeling.fused_kernels import KernelChoice
 from naf_cli.modeling.guidance import ImageEncoder
 from naf_cli.modeling.queries import QueryRows, pool_columns
 from naf_cli.modeling.upsampler import Upsampler
@@ -39,8 +41,10 @@ class NAF(Upsampler):
     of the ``kernel_size x kernel_size`` features around its low-resolution cell. The
     attention has no parameters, so one set of weights serves any backbone.
 
-    ``attention_backend`` and ``encoder_convolution`` (``"winograd"`` or ``"direct"``) pick how
-    inference runs; None chooses per device (``modeling.attention``, ``modeling.encoder_convolution``).
+    ``attention_backend``, ``encoder_convolution`` (``"winograd"`` or ``"direct"``) and
+    ``fused_kernels`` (``"compiled"`` or ``"eager"``) pick how inference runs; None chooses per
+    device (``modeling.attention``, ``modeling.encoder_convolution``, ``modeling.fused_kernels``:
+    compiled once a run has lasted long enough to repay the compile).
     """
 
     mean: torch.Tensor
@@ -56,6 +60,7 @@ class NAF(Upsampler):
         max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         attention_backend: str | None = None,
         encoder_convolution: str | None = None,
+        fused_kernels: str | None = None,
     ) -> None:
         super().__init__()
         self.dim, self.num_blocks, self.context_kernel = dim, num_blocks, context_kernel
@@ -67,9 +72,19 @@ class NAF(Upsampler):
         self.attention_backend = attention_backend
         check_convolution(encoder_convolution)  # as for the backend: unknown names fail here
         self.encoder_convolution = encoder_convolution
+        self.kernel_choice = KernelChoice(fused_kernels)  # unknown names fail here too
         self.image_encoder = ImageEncoder(dim, num_blocks, context_kernel, num_heads)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def fused_kernels(self) -> str | None:
+        """The fused kernels asked for (None: chosen per forward, ``modeling.fused_kernels``)."""
+        return self.kernel_choice.name
+
+    @fused_kernels.setter
+    def fused_kernels(self, name: str | None) -> None:
+        self.kernel_choice = KernelChoice(name)  # the time counted towards the automatic compile starts again
 
     def architecture(self) -> dict[str, int]:
         """The constructor parameters that shape the weights (saved with every checkpoint)."""
@@ -168,15 +183,17 @@ class NAF(Upsampler):
         kept: dict[int, torch.Tensor] = {}
         cache: dict[str, object] = {}  # the backend's work shared between bands of this output
         convolution = resolve_convolution(self.encoder_convolution, image.device, image.dtype)
+        kernels = self.kernel_choice.resolve(image.device, image.dtype)
         # on a CPU the threads follow the free CPUs, step by step (restored around each yield)
         fit = process_fit() if image.device.type == "cpu" else None
         # no_grad around each step, never around a yield (that would leak into the caller)
+        started = time.perf_counter()
         with torch.no_grad(), fit if fit is not None else contextlib.nullcontext():
             guide = self.image_encoder.prepare(self._normalise(image), (height, width))
             encoder_rows = CPU_BAND_ROWS if guide.device.type == "cpu" else int(guide.shape[-2])
             refit = fit.refit if fit is not None else None
-            encoded = encode_in_bands(self.image_encoder, guide, encoder_rows, refit, convolution)
-            rows = QueryRows(encoded, (height, width), self.image_encoder.rope)
+            encoded = encode_in_bands(self.image_encoder, guide, encoder_rows, refit, convolution, kernels)
+            rows = QueryRows(encoded, (height, width), self.image_encoder.rope, kernels)
             same_size = low == (height, width)
             if same_size:
                 # output size = key size (the restoration variant): pooling is the identity, so the
@@ -198,7 +215,9 @@ class NAF(Upsampler):
                 del column_pooled
         if guide.device.type == "cpu":
             release_freed_memory()  # the encoder's bands are gone: their pages must not add to the bands' peak
+        self.kernel_choice.spent(time.perf_counter() - started)
         for r0, r1 in plan:
+            started = time.perf_counter()
             with torch.no_grad(), fit if fit is not None else contextlib.nullcontext():
                 queries = keys[:, :, r0:r1] if same_size else (kept.pop(r0) if keep else rows(r0, r1))
                 band = backend.attend(
@@ -206,6 +225,7 @@ class NAF(Upsampler):
                     kernel_size=self.kernel_size, max_chunk_bytes=self.max_chunk_bytes,
                     out=None if out is None else out[:, :, r0:r1], cache=cache,
                 )
+            self.kernel_choice.spent(time.perf_counter() - started)  # the time the caller takes is not NAF's
             yield r0, r1, band
 
     def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:

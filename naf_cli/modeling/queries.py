@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from naf_cli.modeling.fused_kernels import EAGER_KERNELS, FusedKernels
 from naf_cli.modeling.index_cache import index_cache
 from naf_cli.modeling.rope import RoPE2d
 
@@ -73,12 +74,15 @@ def pool_columns(x: torch.Tensor, n_out: int) -> torch.Tensor:
 class QueryRows:
     """``rows(r0, r1)``: rows ``[r0, r1)`` of the query map [B, dim, H, W], channels_last."""
 
-    def __init__(self, encoded: torch.Tensor, output_size: tuple[int, int], rope: RoPE2d) -> None:
-        """encoded: [B, dim, Hg, Wg], the encoder's output at the guidance size."""
+    def __init__(
+        self, encoded: torch.Tensor, output_size: tuple[int, int], rope: RoPE2d, kernels: FusedKernels = EAGER_KERNELS,
+    ) -> None:
+        """encoded: [B, dim, Hg, Wg], the encoder's output at the guidance size; ``kernels`` rotate the rows."""
         self.encoded = encoded
         self.height, self.width = output_size
         self.rope = rope
+        self.kernels = kernels
 
     def __call__(self, row0: int, row1: int) -> torch.Tensor:
         pooled = pool_columns(pool_rows(self.encoded, row0, row1, self.height), self.width)
-        return self.rope.rotate_rows(pooled, row0, self.height)
+        return self.rope.rotate_rows(pooled, row0, self.height, self.kernels)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from naf_cli.modeling.fused_kernels import EAGER_KERNELS, FusedKernels
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [-x2, x1] on the two halves of the last dimension."""
@@ -71,28 +73,19 @@ class RoPE2d(nn.Module):
         sin = torch.cat((ay.sin()[:, None].expand(size), ax.sin()[None].expand(size)), dim=-1)
         return cos, sin
 
-    def rotate_rows(self, x: torch.Tensor, row0: int, height: int) -> torch.Tensor:
+    def rotate_rows(self, x: torch.Tensor, row0: int, height: int, kernels: FusedKernels = EAGER_KERNELS) -> torch.Tensor:
         """Inference RoPE of rows ``[row0, row0 + r)`` of an ``height``-row grid.
 
         x: [B, dim, r, W] -> [B, dim, r, W] in channels_last. Equal to ``forward`` on the
         whole map, cut to those rows; the rotation ``[x1, x2] -> [x1 c - x2 s, x2 c + x1 s]``
-        is done on the halves in place of ``rotate_half`` (same values, fewer passes).
+        is done on the halves in place of ``rotate_half`` (same values, fewer passes), by
+        ``kernels`` (``fused_kernels``).
         """
-        batch, dim, n_rows, width = x.shape
+        _, dim, n_rows, width = x.shape
         if dim != self.dim:
             raise ValueError(f"RoPE2d expects {self.dim} channels, got {dim}")
         cos, sin = (t.to(x.dtype)[:, :, None] for t in self.rows_cos_sin(height, width, row0, n_rows))
-        half = self.head_dim // 2
-        x = x.contiguous(memory_format=torch.channels_last)
-        out = torch.empty_like(x, memory_format=torch.channels_last)
-        source = x.permute(0, 2, 3, 1).view(batch, n_rows, width, self.num_heads, 2, half)
-        target = out.permute(0, 2, 3, 1).view(batch, n_rows, width, self.num_heads, 2, half)
-        x1, x2, o1, o2 = source[..., 0, :], source[..., 1, :], target[..., 0, :], target[..., 1, :]
-        torch.mul(x1, cos, out=o1)
-        o1.addcmul_(x2, sin, value=-1)
-        torch.mul(x2, cos, out=o2)
-        o2.addcmul_(x1, sin)
-        return out
+        return kernels.rotate_pairs(x, cos, sin, self.num_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, dim, H, W] -> [B, dim, H, W]."""
