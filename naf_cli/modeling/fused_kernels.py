@@ -1,13 +1,14 @@
 """NAF's memory-bound inference steps, as PyTorch's separate passes or compiled into one.
 
-Two steps of the banded inference path are a few elementwise operations over a band, which
-eager PyTorch runs as one pass over memory each: RoPE's rotation of a band of query rows
-(four strided passes) and the per-channel sums and sums of squares that give the next
-GroupNorm its statistics (a product into a temporary, then two reductions). torch.compile
-(inductor: C++ on a CPU, Triton on CUDA) fuses each into one pass (measured per band in
-docs/benchmarks.md#compiled-kernels). The convolutions and matrix products stay with their
-libraries, so no compiled region holds a loop over bands (the whole module does not compile
-at the paper's size: inductor overflows the recursion limit).
+Three steps of the banded inference path are elementwise work over a band that eager
+PyTorch does in several passes over memory, or slowly: RoPE's rotation of a band of query
+rows (four strided passes), the per-channel sums and sums of squares that give the next
+GroupNorm its statistics (a product into a temporary, then two reductions), and the copy of
+an NCHW band into the encoder's channels_last output (a transposition ATen does at a tenth
+of inductor's speed). torch.compile (inductor: C++ on a CPU, Triton on CUDA) makes each one
+pass (measured per band in docs/benchmarks.md#compiled-kernels). The convolutions and matrix
+products stay with their libraries, so no compiled region holds a loop over bands (the whole
+module does not compile at the paper's size: inductor overflows the recursion limit).
 
 Compiling costs seconds (inductor's on-disk cache keeps the kernels for later runs), so by
 default NAF compiles only once a run has spent ``COMPILE_AFTER_SECONDS`` in its forwards,
