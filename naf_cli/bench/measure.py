@@ -22,8 +22,8 @@ import torch
 
 from naf_cli.allocator import release_freed_memory
 from naf_cli.bench.cases import FLOOR, BenchCase, floor_layers
-from naf_cli.modeling import NAF, Upsampler, fused_kernels
-from naf_cli.modeling.fused_kernels import COMPILED, EAGER, compile_failure
+from naf_cli.modeling import NAF, Upsampler
+from naf_cli.modeling.fused_kernels import COMPILED, EAGER, compile_failure, failure
 from naf_cli.upsamplers import load_upsampler
 
 Forward = Callable[[int], float]
@@ -143,8 +143,8 @@ def measure(
                 compile_seconds = round(forward(999) / 1000, 1)
         except Exception as err:  # a compiler failure is this row's finding, not the end of the table
             return {"status": f"compile failed: {compile_failure(err)}"}
-        if fused_kernels.failure() is not None:  # the kernels fell back to eager: the row would not be compiled
-            return {"status": f"compile failed: {fused_kernels.failure()}"}
+        if failure() is not None:  # the kernels fell back to eager: the row would not be compiled
+            return {"status": f"compile failed: {failure()}"}
         if on_forward is not None:
             on_forward(f"  first call, compile included: {compile_seconds:,.1f} s")
     if device.type == "cuda":

@@ -25,6 +25,8 @@ import functools
 import importlib.util
 import os
 import shutil
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -144,16 +146,17 @@ def _compiled(name: str) -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
-def _compile_bounds() -> Iterator[None]:
-    """Around a compiled call: torch's thread count rounded down to a power of two, and room
-    for more variants than torch.compile's default 8 per step.
+def _compile_bounds(device: torch.device) -> Iterator[None]:
+    """Around a compiled call: on a CPU, torch's thread count rounded down to a power of two;
+    and room for more variants than torch.compile's default 8 per step.
 
     torch.compile guards on the thread count, which NAF moves with the load: every new count
     is a recompile. Powers of two bound them (1, 2, 4... up to the CPUs), times the few
-    layouts and strides a step meets; past the limit a step would run uncompiled.
+    layouts and strides a step meets; past the limit a step would run uncompiled. Like NAF's
+    own thread fitting, this sets process-wide state: one NAF forward at a time per process.
     """
     threads = torch.get_num_threads()
-    rounded = 1 << (threads.bit_length() - 1)
+    rounded = 1 << (threads.bit_length() - 1) if device.type == "cpu" else threads
     if rounded != threads:
         torch.set_num_threads(rounded)
     try:
@@ -165,15 +168,24 @@ def _compile_bounds() -> Iterator[None]:
 
 
 def _compiled_or_eager(name: str, eager: Callable[..., Any]) -> Callable[..., Any]:
-    """Step ``name`` compiled (at its first call), or ``eager`` once compiling has failed."""
-    def run(*args: object) -> Any:
+    """Step ``name`` compiled (at its first call), or ``eager`` once compiling has failed.
+
+    A compiled call that raises is retried eagerly: when that works, the failure was the
+    compiler's, and every later call runs eagerly (with one warning); when the eager step
+    raises too, its error is the caller's to see.
+    """
+    def run(first: torch.Tensor, *rest: object) -> Any:
         if not _failures:
             try:
-                with _compile_bounds():
-                    return _compiled(name)(*args)
-            except Exception as err:  # a compiler failure must not end a run: eager from here on
+                with _compile_bounds(first.device):
+                    return _compiled(name)(first, *rest)
+            except Exception as err:
+                result = eager(first, *rest)
                 _failures.append(compile_failure(err))
-        return eager(*args)
+                warnings.warn(f"NAF's compiled kernels failed ({_failures[0]}); it goes on with eager kernels, "
+                              "a little slower", RuntimeWarning, stacklevel=2)
+                return result
+        return eager(first, *rest)
     return run
 
 
@@ -184,10 +196,9 @@ COMPILED_KERNELS = FusedKernels(
 
 
 def cxx_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend (inductor) would build its kernels with, if
-    any: ``$CXX`` where set (inductor's choice too), else the first on the PATH."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
-    return next((path for name in names if (path := shutil.which(name))), None)
+    """The C++ compiler torch.compile's CPU backend (inductor) builds its kernels with, if it is
+    there: ``$CXX`` where set, else g++ (clang++ on macOS), as inductor itself chooses."""
+    return shutil.which(os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++"))
 
 
 def compile_refusal(device: torch.device) -> str | None:
@@ -199,7 +210,7 @@ def compile_refusal(device: torch.device) -> str | None:
     if torch._dynamo.config.disable:
         return "torch.compile is switched off (TORCH_COMPILE_DISABLE=1)"
     if device.type == "cpu" and cxx_compiler() is None:
-        return "no C++ compiler found ($CXX, or g++, c++ or clang++ on the PATH): inductor builds CPU kernels with one"
+        return "no C++ compiler found ($CXX, else g++ on the PATH): inductor builds CPU kernels with it"
     if device.type == "cuda" and importlib.util.find_spec("triton") is None:
         return "Triton is not installed: inductor builds CUDA kernels with it"
     if device.type not in ("cpu", "cuda"):
@@ -225,13 +236,20 @@ class KernelChoice:
         self.name = name
         self.compile_after_seconds = compile_after_seconds
         self.forward_seconds = 0.0  # spent in forwards that could have compiled
-        self.last: str | None = None  # the name of the kernels the latest forward used
+        self.last: str | None = None  # the name of the kernels resolved for the latest forward
+        self._counting = False  # whether the latest forward's time counts towards the compile
 
     def resolve(self, device: torch.device, dtype: torch.dtype) -> FusedKernels:
         """The kernels of one forward."""
         kernels = self._choose(device, dtype)
         self.last = kernels.name
+        self._counting = self.name is None and self._measured(device, dtype)
         return kernels
+
+    @staticmethod
+    def _measured(device: torch.device, dtype: torch.dtype) -> bool:
+        """Where compiled kernels were measured to win: a CPU in float32 without autocast."""
+        return device.type == "cpu" and dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
     def _choose(self, device: torch.device, dtype: torch.dtype) -> FusedKernels:
         if self.name == EAGER:
@@ -244,15 +262,16 @@ class KernelChoice:
                 return EAGER_KERNELS  # an outer compile fuses them itself; after a failure the run goes on
             raise FusedKernelsError(f"fused kernels 'compiled' cannot run here: {reason}; "
                                     "fix: leave the fused kernels to be chosen automatically")
-        measured = device.type == "cpu" and dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
         # the refusals last: they import torch._dynamo (a second), which a short run never needs
-        if measured and self.forward_seconds >= self.compile_after_seconds and compile_refusal(device) is None:
+        if self._measured(device, dtype) and self.forward_seconds >= self.compile_after_seconds and compile_refusal(device) is None:
             return COMPILED_KERNELS
         return EAGER_KERNELS
 
     def spent(self, seconds: float) -> None:
-        """Count ``seconds`` of a forward towards the automatic compile."""
-        self.forward_seconds += seconds
+        """Count ``seconds`` of the latest forward towards the automatic compile (only for a
+        forward that could compile: the default's, on a CPU in float32)."""
+        if self._counting:
+            self.forward_seconds += seconds
 
     def describe(self, device: torch.device) -> str:
         """One line for ``naf env``: what the default does here, and why."""

@@ -215,7 +215,9 @@ class NAF(Upsampler):
                 del column_pooled
         if guide.device.type == "cpu":
             release_freed_memory()  # the encoder's bands are gone: their pages must not add to the bands' peak
-        self.kernel_choice.spent(time.perf_counter() - started)
+        tracing = torch.compiler.is_compiling()  # a traced forward keeps no bookkeeping
+        if not tracing:
+            self.kernel_choice.spent(time.perf_counter() - started)
         for r0, r1 in plan:
             started = time.perf_counter()
             with torch.no_grad(), fit if fit is not None else contextlib.nullcontext():
@@ -225,7 +227,8 @@ class NAF(Upsampler):
                     kernel_size=self.kernel_size, max_chunk_bytes=self.max_chunk_bytes,
                     out=None if out is None else out[:, :, r0:r1], cache=cache,
                 )
-            self.kernel_choice.spent(time.perf_counter() - started)  # the time the caller takes is not NAF's
+            if not tracing:
+                self.kernel_choice.spent(time.perf_counter() - started)  # the time the caller takes is not NAF's
             yield r0, r1, band
 
     def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
