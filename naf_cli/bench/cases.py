@@ -38,7 +38,7 @@ class BenchCase:
     device: str = "cpu"
     image_size: int = 448
     banded: bool = False           # NAF's band API into a sink: the output is never held whole
-    compiled: bool = False         # NAF through torch.compile (inductor)
+    compiled: bool = False         # NAF with its compiled fused kernels (modeling.fused_kernels)
 
     @property
     def output_size(self) -> int:

@@ -118,10 +118,7 @@ def _conv_layer(
                 buffer[:, :, :, pad + width + c].copy_(buffer[:, :, :, pad + width - 2 - c])
         result = convolve(buffer, weight, bias, route)
         if out is not None:
-            if result.is_contiguous(memory_format=torch.channels_last):
-                out[:, :, r0:r0 + rows].copy_(result)  # same layout: ATen's copy is the faster
-            else:
-                kernels.relayout(out[:, :, r0:r0 + rows], result)
+            kernels.relayout(out[:, :, r0:r0 + rows], result)
             continue
         band_sums, band_squares = kernels.channel_sums(result)
         sums += band_sums
